@@ -1,0 +1,120 @@
+"""Checkpoints: safetensors weights + a JSON config beside them; importers for timm and torchvision ViTs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .bvit import BViT
+from .config import BViTConfig, get_config
+
+FORMAT_VERSION = 1
+
+
+def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(weights, config) paths for ``models/name``, ``models/name.safetensors`` or ``models/name.json``."""
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build_model(name_or_config: str | BViTConfig | dict[str, Any], **overrides: Any) -> BViT:
+    """A freshly initialised model from a named config (``"bvit_b"``) or a config, with overrides."""
+    return BViT(get_config(name_or_config, **overrides))
+
+
+def save_model(model: BViT, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``<path>.safetensors`` and ``<path>.json`` atomically; returns the weights path."""
+    weights, config_path = checkpoint_paths(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "bvit-interp", "version": str(FORMAT_VERSION)}))
+    doc = {
+        "format": "bvit-interp",
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "weights": weights.name,
+        "weights_sha256": sha256_file(weights),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "metadata": metadata or {},
+    }
+    _atomic_write(config_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
+    return weights
+
+
+def read_checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON document written beside a checkpoint (config, sha256, metadata)."""
+    _, config_path = checkpoint_paths(path)
+    if not config_path.exists():
+        raise FileNotFoundError(f"checkpoint config {config_path} not found (expected beside the .safetensors file)")
+    try:
+        doc = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
+    if "config" not in doc:
+        raise ValueError(f"{config_path} has no 'config' entry; is it a bvit-interp checkpoint?")
+    return doc
+
+
+def load_state_dict_checked(model: BViT, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` strictly; on mismatch name the missing, unexpected and wrongly shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if own[k].shape != state[k].shape
+    )
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        if shape:
+            parts.append(f"shape mismatches {shape}")
+        raise ValueError(f"checkpoint {source} does not fit config {model.config.name!r}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu", **overrides: Any) -> BViT:
+    """Load a checkpoint written by ``save_model``; records its path and sha256 on the model."""
+    weights, config_path = checkpoint_paths(path)
+    if not weights.exists():
+        raise FileNotFoundError(f"checkpoint weights {weights} not found")
+    doc = read_checkpoint_info(path)
+    model = build_model(BViTConfig.from_dict(doc["config"]), **overrides)
+    state = load_file(str(weights), device=str(map_location))
+    load_state_dict_checked(model, state, str(weights))
+    model.checkpoint_path = str(weights)
+    model.checkpoint_sha256 = sha256_file(weights)
+    model.eval()
+    return model
