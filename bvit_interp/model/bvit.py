@@ -55,6 +55,7 @@ class BViT(VisionTransformer):
             norm_layer=partial(norm_cls, eps=config.norm_eps),
         )
         self.config = config
+        self.pretrained_cfg = {**config.data_config, "architecture": config.name, "num_classes": config.num_classes}
         self.time_embed = nn.Parameter(torch.zeros(config.steps, config.embed_dim)) if config.time_embed else None
         if self.time_embed is not None:
             nn.init.trunc_normal_(self.time_embed, std=0.02)

@@ -32,10 +32,17 @@ class BViTConfig:
     norm: str = "rmsnorm"
     norm_eps: float = 1e-6
     qkv_bias: bool = True
+    # Input preprocessing the weights expect (timm's pretrained_cfg fields).
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    crop_pct: float = 0.875
     name: str = "custom"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # JSON round trips give lists; keep the dataclass hashable and comparable.
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         problems = []
         if self.blocks < 1 or self.steps < 1:
             problems.append(f"blocks and steps must be >= 1 (got {self.blocks} x {self.steps})")
@@ -49,6 +56,18 @@ class BViTConfig:
             problems.append(f"reg_tokens must be >= 0, got {self.reg_tokens}")
         if problems:
             raise ValueError("invalid BViTConfig: " + "; ".join(problems))
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """timm-style data config (``timm.data.resolve_data_config`` keys) for this model's input."""
+        return {
+            "input_size": (self.in_chans, self.img_size, self.img_size),
+            "interpolation": "bicubic",
+            "mean": self.mean,
+            "std": self.std,
+            "crop_pct": self.crop_pct,
+            "crop_mode": "center",
+        }
 
     @property
     def depth(self) -> int:
@@ -117,14 +136,15 @@ def _registry() -> dict[str, BViTConfig]:
         name = f"vit_s_{b}b{12 // b}s"
         configs[name] = BViTConfig(name=name, embed_dim=384, num_heads=6, blocks=b, steps=12 // b)
     # Bundled tiny models: 32 px shapes, patch 4 (64 patch tokens), width 128.
-    tiny = {"img_size": 32, "patch_size": 4, "num_classes": 10, "embed_dim": 128, "num_heads": 4}
+    tiny = {"img_size": 32, "patch_size": 4, "num_classes": 10, "embed_dim": 128, "num_heads": 4, "crop_pct": 1.0}
     configs["bvit_tiny"] = BViTConfig(name="bvit_tiny", blocks=1, steps=12, **tiny)
     configs["bvit_tiny_te"] = BViTConfig(name="bvit_tiny_te", blocks=1, steps=12, time_embed=True, **tiny)
     configs["bvit_tiny_reg"] = BViTConfig(name="bvit_tiny_reg", blocks=1, steps=12, reg_tokens=4, **tiny)
     configs["vit_tiny"] = BViTConfig(name="vit_tiny", blocks=12, steps=1, **tiny)
     # A micro config for unit tests: runs in milliseconds.
     configs["bvit_micro"] = BViTConfig(
-        name="bvit_micro", img_size=16, patch_size=4, num_classes=5, embed_dim=32, num_heads=4, blocks=1, steps=4
+        name="bvit_micro", img_size=16, patch_size=4, num_classes=5, embed_dim=32, num_heads=4, blocks=1, steps=4,
+        crop_pct=1.0,
     )
     return configs
 

@@ -1,0 +1,61 @@
+"""``bvit-interp train``: options map one to one onto ``TrainConfig``; unset options take the recipe's value."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..train import RECIPES, TrainConfig, train
+
+
+def _pair(text: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in text.split(","))
+    return lo, hi
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="bvit_tiny", help="named config (bvit_tiny, vit_tiny, bvit_b, vit_s_2b6s, ...)")
+    p.add_argument("--data", default="shapes", help="'shapes', 'cifar10:ROOT', 'cifar100:ROOT' or an ImageFolder root with train/ and val/")
+    p.add_argument("--out", default="runs/train", help="output directory (checkpoints, metrics.jsonl, model.safetensors)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="preset for unset options (default: 'shapes' for shapes data, else 'paper')")
+    p.add_argument("--epochs", type=float, help="epochs (fractions allowed)")
+    p.add_argument("--batch-size", type=int, help="global batch size (split over torchrun processes)")
+    p.add_argument("--base-lr", type=float, help="base lr; peak lr = base_lr * batch_size / 512")
+    p.add_argument("--lr", type=float, help="absolute peak lr (overrides --base-lr)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (none on norms, biases, tokens)")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up length in epochs")
+    p.add_argument("--warmup-factor", type=float, help="warm-up starts at this fraction of the peak lr")
+    p.add_argument("--label-smoothing", type=float, help="label smoothing")
+    p.add_argument("--mixup", type=float, help="Mixup alpha (0 disables)")
+    p.add_argument("--cutmix", type=float, help="CutMix alpha (0 disables)")
+    p.add_argument("--ema-decay", type=float, help="EMA decay of the weights (0 disables)")
+    p.add_argument("--crop-scale", type=_pair, help="RandomResizedCrop scale range 'lo,hi'")
+    p.add_argument("--crop-ratio", type=_pair, help="RandomResizedCrop aspect ratio range 'lo,hi'")
+    p.add_argument("--hflip", type=float, help="horizontal flip probability")
+    p.add_argument("--rand-augment", help="timm RandAugment spec, e.g. rand-m9-mstd0.5-inc1 ('' disables)")
+    p.add_argument("--reprob", type=float, help="Random Erasing probability")
+    p.add_argument("--clip-grad", type=float, help="gradient-norm clipping (0 disables)")
+    p.add_argument("--shapes-train-size", type=int, default=50_000, help="shapes images per epoch (fresh images every epoch)")
+    p.add_argument("--num-classes", type=int, help="override the model's number of classes")
+    p.add_argument("--val-limit", type=int, help="evaluate on the first N validation images only")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--seed", type=int, default=0, help="random seed (recorded in the outputs)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--force", action="store_true", help="train into a non-empty OUT")
+    p.add_argument("--save-name", help="file stem of the final model in OUT (default 'model')")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def run(args: argparse.Namespace) -> int:
+    fields = {f: getattr(args, f) for f in (
+        "model", "data", "out", "recipe", "epochs", "batch_size", "base_lr", "lr", "weight_decay",
+        "warmup_epochs", "warmup_factor", "label_smoothing", "mixup", "cutmix", "ema_decay", "crop_scale",
+        "crop_ratio", "hflip", "rand_augment", "reprob", "clip_grad", "shapes_train_size", "val_limit",
+        "workers", "device", "seed", "resume", "force", "save_name",
+    )}
+    overrides = {"num_classes": args.num_classes} if args.num_classes else {}
+    result = train(TrainConfig(**fields, amp=not args.no_amp, model_overrides=overrides))
+    print(json.dumps({k: result[k] for k in ("val_acc", "weights", "train_time_s", "samples_seen", "hardware")}, indent=2))
+    return 0

@@ -1,0 +1,347 @@
+"""The paper's training recipe (Sec. 3.3), single process or under ``torchrun`` (DDP).
+
+AdamW, linear warm-up from ``warmup_factor`` x lr, cosine to zero, label smoothing, Mixup /
+CutMix, EMA of weights, RandomResizedCrop, flip, RandAugment, Random Erasing, no stochastic
+depth. Two presets fill unset options: ``paper`` (ImageNet values) and ``shapes`` (a
+small-data default for the bundled CPU models: fresh procedural data every epoch makes
+heavy augmentation unnecessary). A checkpoint is written every epoch and ``--resume``
+continues from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from .data.datasets import build_datasets
+from .data.shapes import ShapesConfig
+from .data.transforms import eval_transform, train_transform
+from .distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
+from .evaluation import evaluate_accuracy
+from .model import BViT, build_model, get_config, save_model
+from .model.io import _atomic_write, load_state_dict_checked
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # Paper Sec. 3.3 / DeiT: lr scales as base_lr * batch / 512.
+    "paper": {
+        "epochs": 300,
+        "batch_size": 256,
+        "base_lr": 5e-4,
+        "weight_decay": 0.05,
+        "warmup_epochs": 30,
+        "warmup_factor": 0.033,
+        "label_smoothing": 0.1,
+        "mixup": 0.8,
+        "cutmix": 1.0,
+        "ema_decay": 0.99995,
+        "crop_scale": (0.08, 1.0),
+        "crop_ratio": (3 / 4, 4 / 3),
+        "hflip": 0.5,
+        "rand_augment": "rand-m9-mstd0.5-inc1",
+        "reprob": 0.25,
+        "clip_grad": 0.0,
+    },
+    # Bundled CPU models on never-repeating shapes: no Mixup/CutMix/RandAugment/erasing,
+    # short warm-up, EMA with a horizon that fits a ~1k-iteration run.
+    "shapes": {
+        "epochs": 2,
+        "batch_size": 128,
+        "base_lr": 4e-3,  # = lr 1e-3 at batch 128
+        "weight_decay": 0.05,
+        "warmup_epochs": 0.2,
+        "warmup_factor": 0.033,
+        "label_smoothing": 0.1,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "ema_decay": 0.995,
+        "crop_scale": (1.0, 1.0),
+        "crop_ratio": (1.0, 1.0),
+        "hflip": 0.5,
+        "rand_augment": "",
+        "reprob": 0.0,
+        "clip_grad": 1.0,
+    },
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; ``None`` means "take the recipe's value"."""
+
+    model: str = "bvit_tiny"
+    data: str = "shapes"
+    out: str = "runs/train"
+    recipe: str | None = None
+    epochs: float | None = None
+    batch_size: int | None = None
+    base_lr: float | None = None
+    lr: float | None = None  # absolute lr; overrides base_lr * batch / 512
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    warmup_factor: float | None = None
+    label_smoothing: float | None = None
+    mixup: float | None = None
+    cutmix: float | None = None
+    ema_decay: float | None = None
+    crop_scale: tuple[float, float] | None = None
+    crop_ratio: tuple[float, float] | None = None
+    hflip: float | None = None
+    rand_augment: str | None = None
+    reprob: float | None = None
+    clip_grad: float | None = None
+    shapes_train_size: int = 50_000
+    shapes_img_size: int | None = None
+    val_limit: int | None = None
+    workers: int = 0
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    resume: bool = False
+    force: bool = False
+    save_name: str | None = None
+    log_every: int = 20
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` filled from the recipe (``shapes`` for ``shapes`` data)."""
+        recipe = self.recipe or ("shapes" if self.data == "shapes" else "paper")
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
+        filled = {k: v for k, v in RECIPES[recipe].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, recipe=recipe, **filled)
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else self.base_lr * self.batch_size / 512
+
+
+def lr_at(cfg: TrainConfig, iteration: int, iters_per_epoch: int) -> float:
+    """Linear warm-up from ``warmup_factor * lr`` to ``lr``, then cosine to zero (per iteration)."""
+    total = max(1, int(cfg.epochs * iters_per_epoch))
+    warm = int(cfg.warmup_epochs * iters_per_epoch)
+    if iteration < warm:
+        return cfg.peak_lr * (cfg.warmup_factor + (1 - cfg.warmup_factor) * iteration / warm)
+    progress = min(1.0, (iteration - warm) / max(1, total - warm))
+    return cfg.peak_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms, tokens and embeddings (timm convention)."""
+    decay, no_decay = [], []
+    skip = {"cls_token", "reg_token", "pos_embed", "time_embed"}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class TrainState:
+    """Everything needed to resume: optimizer, EMA weights, epoch, iteration, metrics so far."""
+
+    FILE = "train_state.pt"
+
+    @staticmethod
+    def save(out: Path, payload: dict[str, Any]) -> None:
+        _atomic_write(out / TrainState.FILE, lambda tmp: torch.save(payload, tmp))
+
+    @staticmethod
+    def load(out: Path) -> dict[str, Any]:
+        path = out / TrainState.FILE
+        if not path.exists():
+            raise FileNotFoundError(f"--resume: no {path}; start without --resume")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a model with ``cfg`` and return the final metrics; writes checkpoints into ``cfg.out``."""
+    cfg = cfg.resolved()
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        cleanup(info)
+
+
+def _build(cfg: TrainConfig) -> tuple[BViT, ShapesConfig | None]:
+    overrides = dict(cfg.model_overrides)
+    shapes_cfg = None
+    if cfg.data == "shapes":
+        base = get_config(cfg.model, **overrides)
+        img = cfg.shapes_img_size or base.img_size
+        shapes_cfg = ShapesConfig(img_size=img, num_train=cfg.shapes_train_size)
+        overrides.setdefault("num_classes", 10)
+    return build_model(cfg.model, **overrides), shapes_cfg
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.utils import ModelEmaV3
+
+    out = Path(cfg.out)
+    device = resolve_device(cfg.device, info)
+    amp = cfg.amp and device.type == "cuda"
+    torch.manual_seed(cfg.seed + info.rank)
+
+    if info.is_main:
+        if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.force):
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue or --force to overwrite")
+        out.mkdir(parents=True, exist_ok=True)
+    barrier(info)
+
+    model, shapes_cfg = _build(cfg)
+    data = build_datasets(
+        cfg.data,
+        train_transform(model.config, cfg.crop_scale, cfg.crop_ratio, cfg.hflip, cfg.rand_augment, cfg.reprob),
+        eval_transform(model.config),
+        shapes_cfg,
+    )
+    if len(data.classes) != model.config.num_classes:
+        raise ValueError(
+            f"{cfg.data} has {len(data.classes)} classes but model {cfg.model} has {model.config.num_classes}; "
+            "pass --num-classes"
+        )
+    val = data.val
+    if cfg.val_limit:
+        val = torch.utils.data.Subset(val, range(min(cfg.val_limit, len(val))))
+    train_sampler = DistributedSampler(data.train, seed=cfg.seed, drop_last=True) if info.enabled else None
+    val_sampler = DistributedSampler(val, shuffle=False) if info.enabled else None
+    per_proc_batch = max(1, cfg.batch_size // info.world_size)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(
+        data.train, per_proc_batch, shuffle=train_sampler is None, sampler=train_sampler, generator=gen,
+        num_workers=cfg.workers, drop_last=True, pin_memory=device.type == "cuda",
+    )
+    val_loader = DataLoader(val, 256, sampler=val_sampler, num_workers=cfg.workers)
+    iters_per_epoch = len(train_loader)
+    total_iters = max(1, int(cfg.epochs * iters_per_epoch))
+
+    model.to(device)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.peak_lr, betas=(0.9, 0.999))
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                      num_classes=model.config.num_classes)
+        criterion: torch.nn.Module = SoftTargetCrossEntropy()
+    else:
+        criterion = LabelSmoothingCrossEntropy(cfg.label_smoothing) if cfg.label_smoothing else torch.nn.CrossEntropyLoss()
+
+    start_epoch, iteration, history = 0, 0, []
+    if cfg.resume:
+        state = TrainState.load(out)
+        if state["model_config"] != model.config.to_dict():
+            diff = sorted(k for k, v in model.config.to_dict().items() if state["model_config"].get(k) != v)
+            raise ValueError(f"--resume: {out} was trained with another model config (differs in {diff})")
+        load_state_dict_checked(model, state["model"], str(out / TrainState.FILE))
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.module.load_state_dict(state["ema"])
+        start_epoch, iteration, history = state["epoch"], state["iteration"], json.loads(state["history"])
+        if info.is_main:
+            print(f"resuming {out} at epoch {start_epoch} (iteration {iteration})", file=sys.stderr)
+
+    ddp_model = DistributedDataParallel(model) if info.enabled else model
+    n_epochs = math.ceil(cfg.epochs)
+    elapsed_before = history[-1]["elapsed_s"] if history else 0.0
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, n_epochs):
+        if hasattr(data.train, "set_epoch"):
+            data.train.set_epoch(epoch)
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
+        model.train()
+        seen, loss_sum, t_epoch = 0, 0.0, time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{n_epochs}", disable=not info.is_main, leave=False)
+        for images, labels in bar:
+            if iteration >= total_iters:
+                break
+            lr = lr_at(cfg, iteration, iters_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if mixup is not None:
+                images, labels = mixup(images, labels)
+            with torch.autocast(device_type=device.type, enabled=amp):
+                loss = criterion(ddp_model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            optimizer.step()
+            if ema is not None:
+                ema.update(model, step=iteration)
+            iteration += 1
+            seen += images.shape[0]
+            loss_sum += float(loss.detach()) * images.shape[0]
+            if iteration % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.2e}")
+        train_time = time.perf_counter() - t_epoch
+        val_acc, _ = evaluate_accuracy(model, val_loader, device, dist_info=info, amp=amp)
+        ema_acc = evaluate_accuracy(ema.module, val_loader, device, dist_info=info, amp=amp)[0] if ema else None
+        record = {
+            "epoch": epoch + 1,
+            "iteration": iteration,
+            "samples_seen": iteration * per_proc_batch * info.world_size,
+            "train_loss": loss_sum / max(1, seen),
+            "val_acc": val_acc,
+            "val_acc_ema": ema_acc,
+            "lr": lr_at(cfg, max(0, iteration - 1), iters_per_epoch),
+            "images_per_s": seen * info.world_size / max(train_time, 1e-9),
+            "elapsed_s": elapsed_before + time.perf_counter() - t_start,
+        }
+        history.append(record)
+        if info.is_main:
+            print(json.dumps(record), file=sys.stderr)
+            with open(out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            save_model(model, out / "last", metadata={"epoch": epoch + 1, "val_acc": val_acc})
+            if ema is not None:
+                save_model(ema.module, out / "last_ema", metadata={"epoch": epoch + 1, "val_acc": ema_acc})
+            TrainState.save(out, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": ema.module.state_dict() if ema else None, "epoch": epoch + 1, "iteration": iteration,
+                "history": json.dumps(history), "model_config": model.config.to_dict(),
+            })
+        barrier(info)
+
+    final = history[-1] if history else {}
+    use_ema = bool(ema) and final.get("val_acc_ema") is not None and final["val_acc_ema"] >= final["val_acc"]
+    best = ema.module if use_ema else model
+    result = {
+        "val_acc": final.get("val_acc_ema") if use_ema else final.get("val_acc"),
+        "weights": "ema" if use_ema else "raw",
+        "train_time_s": final.get("elapsed_s"),
+        "samples_seen": final.get("samples_seen"),
+        "hardware": _hardware(),
+        "world_size": info.world_size,
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items()},
+        "shapes": shapes_cfg.to_dict() if shapes_cfg else None,
+        "command": " ".join(sys.argv),
+        "torch": torch.__version__,
+    }
+    if info.is_main:
+        save_model(best, out / (cfg.save_name or "model"), metadata={"training": result})
+        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
