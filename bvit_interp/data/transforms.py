@@ -46,3 +46,51 @@ def train_transform(
         mean=dc["mean"],
         std=dc["std"],
     )
+
+
+class CropGeometry:
+    """Where the model's input crop sits in the original image (timm eval: resize shorter side, centre crop).
+
+    ``scale_size = floor(img_size / crop_pct)``; the shorter side is resized to it keeping
+    the aspect ratio (torchvision truncation), then the centre ``img_size`` square is cut
+    (torchvision rounding). Points map back through ``to_original``.
+    """
+
+    def __init__(self, orig_w: int, orig_h: int, img_size: int, crop_pct: float) -> None:
+        import math
+
+        scale = math.floor(img_size / crop_pct)
+        if orig_w <= orig_h:
+            rw, rh = scale, int(scale * orig_h / orig_w)
+        else:
+            rw, rh = int(scale * orig_w / orig_h), scale
+        self.orig_w, self.orig_h, self.resized_w, self.resized_h = orig_w, orig_h, rw, rh
+        self.size = img_size
+        self.top = int(round((rh - img_size) / 2.0))
+        self.left = int(round((rw - img_size) / 2.0))
+
+    def to_original(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """Crop coordinates (continuous pixels) -> original-image coordinates."""
+        return (x + self.left) * self.orig_w / self.resized_w, (y + self.top) * self.orig_h / self.resized_h
+
+    def visible_box(self) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) of the crop in original coordinates."""
+        x0, y0 = self.to_original(0.0, 0.0)
+        x1, y1 = self.to_original(float(self.size), float(self.size))
+        return x0, y0, x1, y1
+
+    def apply(self, image: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
+        """The model input tensor for a PIL image (same as ``eval_transform``)."""
+        import torchvision.transforms.functional as TF
+        from torchvision.transforms import InterpolationMode
+
+        img = TF.resize(image, [self.resized_h, self.resized_w], interpolation=InterpolationMode.BICUBIC)
+        img = TF.crop(img, self.top, self.left, self.size, self.size)
+        return TF.normalize(TF.to_tensor(img), mean, std)
+
+    def crop_mask(self, mask: Any) -> Any:
+        """A label mask in the crop frame (nearest-neighbour resize, then the same crop)."""
+        from .imagenet_s import resize_mask_nearest
+
+        resized = resize_mask_nearest(mask, (self.resized_h, self.resized_w))
+        return resized[self.top : self.top + self.size, self.left : self.left + self.size]

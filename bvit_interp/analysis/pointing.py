@@ -1,0 +1,360 @@
+"""Pointing game per head and per step (paper Sec. 4.2.2, App. F).
+
+For every image, step and head: the argmax of the CLS query's attention over the patch
+tokens (CLS and register columns excluded; their attention mass is recorded), placed at the
+patch centre (or at the argmax of the bilinearly upsampled map), mapped back through the
+preprocessing (resize + centre crop) and scored as a hit when it lies within ``tolerance``
+pixels of the target-class mask. Chance (a uniform random point in the model's view, with
+the same tolerance) and a centre-point baseline are scored with the same rule.
+
+Tables use 1-based ``step`` = position in the unrolled network (the recurrent step of a
+bViT, the block of a ViT); hook names are 0-based (``steps.{step-1}``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..data.imagenet_s import SampleError
+from ..data.transforms import CropGeometry
+from ..distributed import DistInfo
+from ..model import BViT, BViTConfig
+from .sources import PointingSource
+
+TIE_RULES = ("first", "any")
+POINT_RULES = ("center", "upsample")
+FRAMES = ("original", "crop")
+AVERAGES = ("micro", "macro")
+
+
+@dataclass(frozen=True)
+class PointingOptions:
+    """Scoring rules; the defaults are the paper's (patch centre, exact mask, original image)."""
+
+    tolerance: float = 0.0  # pixels; 15 = TorchRay's pointing game
+    tie: str = "first"  # first: first maximal patch; any: hit if any maximal patch hits
+    point: str = "center"  # center: patch centre; upsample: argmax of the bilinear upsampled map
+    frame: str = "original"  # original image or the model's crop
+    average: str = "micro"  # headline averaging: over images (micro) or over classes (macro)
+    steps: int | None = None  # recurrent steps to run (default: the trained horizon)
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("tie", self.tie, TIE_RULES),
+            ("point", self.point, POINT_RULES),
+            ("frame", self.frame, FRAMES),
+            ("average", self.average, AVERAGES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"pointing option {name}={value!r}: choose one of {allowed}")
+        if self.tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0 pixels, got {self.tolerance}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- geometry
+@dataclass
+class PreparedImage:
+    """A model input plus everything needed to score points on it, computed in loader workers."""
+
+    index: int
+    name: str
+    wnid: str
+    label: int
+    tensor: torch.Tensor
+    geometry: CropGeometry
+    distance: np.ndarray  # frame pixels: distance to the nearest target pixel (0 on target)
+    mask_fraction: float  # target area / frame area (in the model's view)
+    chance: float  # fraction of view pixels within tolerance of the target
+    centre_hit: bool
+    width: int
+    height: int
+
+
+@dataclass
+class Skipped:
+    index: int
+    name: str
+    reason: str
+    detail: str
+
+
+def distance_to_target(target: np.ndarray, tolerance: float) -> np.ndarray:
+    """Euclidean distance of every pixel to the nearest target pixel (a 0/1 map when tolerance is 0)."""
+    if not target.any():
+        return np.full(target.shape, np.inf, dtype=np.float32)
+    if tolerance == 0:
+        return (~target).astype(np.float32)
+    from scipy.ndimage import distance_transform_edt
+
+    return distance_transform_edt(~target).astype(np.float32)
+
+
+def view_region(geometry: CropGeometry, frame: str, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Pixels of the frame that the model sees (the whole frame for 'crop')."""
+    if frame == "crop":
+        return slice(None), slice(None)
+    x0, y0, x1, y1 = geometry.visible_box()
+    h, w = shape
+    return slice(max(0, math.floor(y0)), min(h, math.ceil(y1))), slice(max(0, math.floor(x0)), min(w, math.ceil(x1)))
+
+
+def crop_points_to_pixels(
+    xs: np.ndarray, ys: np.ndarray, geometry: CropGeometry, frame: str, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Crop-frame points -> (x, y) in the scoring frame and the integer pixel they fall in."""
+    if frame == "original":
+        xs, ys = geometry.to_original(xs, ys)
+    h, w = shape
+    px = np.clip(np.floor(xs).astype(np.int64), 0, w - 1)
+    py = np.clip(np.floor(ys).astype(np.int64), 0, h - 1)
+    return xs, ys, px, py
+
+
+def prepare_image(item_index: int, source: PointingSource, config: BViTConfig, options: PointingOptions) -> PreparedImage:
+    """Load one sample, build the model input and the scoring maps (raises SampleError)."""
+    item = source.load(item_index)
+    w, h = item.image.size
+    geometry = CropGeometry(w, h, config.img_size, config.crop_pct)
+    tensor = geometry.apply(item.image, config.mean, config.std)
+    mask = item.mask if options.frame == "original" else geometry.crop_mask(item.mask)
+    target = mask == item.class_id
+    distance = distance_to_target(target, options.tolerance)
+    rows, cols = view_region(geometry, options.frame, mask.shape)
+    view_target, view_dist = target[rows, cols], distance[rows, cols]
+    if not view_target.any():
+        raise SampleError("target_outside_view", f"{item.name}: no target pixel inside the model's crop")
+    c = config.img_size / 2.0
+    _, _, cx, cy = crop_points_to_pixels(np.array([c]), np.array([c]), geometry, options.frame, mask.shape)
+    return PreparedImage(
+        index=item_index,
+        name=item.name,
+        wnid=item.wnid,
+        label=item.label,
+        tensor=tensor,
+        geometry=geometry,
+        distance=distance,
+        mask_fraction=float(view_target.mean()),
+        chance=float((view_dist <= options.tolerance).mean()),
+        centre_hit=bool(distance[cy[0], cx[0]] <= options.tolerance),
+        width=w,
+        height=h,
+    )
+
+
+class _PreparedDataset(Dataset):
+    def __init__(self, source: PointingSource, indices: Sequence[int], config: BViTConfig, options: PointingOptions, strict: bool):
+        self.source, self.indices, self.config, self.options, self.strict = source, list(indices), config, options, strict
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> PreparedImage | Skipped:
+        index = self.indices[i]
+        try:
+            return prepare_image(index, self.source, self.config, self.options)
+        except SampleError as err:
+            if self.strict:
+                raise
+            return Skipped(index, self.source.name(index), err.reason, err.detail)
+
+
+def _collate(batch: list[PreparedImage | Skipped]) -> list[PreparedImage | Skipped]:
+    return batch
+
+
+# ----------------------------------------------------------------------------- points
+def attention_points(
+    patch_attn: torch.Tensor, grid: int, patch_size: int, point: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Points of maximal attention in crop pixels: (x, y, is_tied) for attention (..., grid*grid).
+
+    ``center`` puts the point at the centre of the argmax patch (first maximum); ``upsample``
+    at the centre of the argmax pixel of the bilinearly upsampled map. ``is_tied`` marks
+    maps with more than one maximal patch.
+    """
+    peak = patch_attn.amax(dim=-1, keepdim=True)
+    tied = (patch_attn == peak).sum(dim=-1) > 1
+    if point == "center":
+        idx = patch_attn.argmax(dim=-1)
+        row, col = idx // grid, idx % grid
+        return (col.double() + 0.5) * patch_size, (row.double() + 0.5) * patch_size, tied
+    size = grid * patch_size
+    lead = patch_attn.shape[:-1]
+    maps = patch_attn.reshape(-1, 1, grid, grid).float()
+    up = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False).reshape(-1, size * size)
+    idx = up.argmax(dim=-1).reshape(lead)
+    return (idx % size).double() + 0.5, (idx // size).double() + 0.5, tied
+
+
+def _any_tie_hits(attn: np.ndarray, grid: int, patch_size: int, prep: PreparedImage, frame: str, tol: float) -> bool:
+    """Hit under the 'any' tie rule: some maximal patch's centre lies within tolerance."""
+    cand = np.flatnonzero(attn == attn.max())
+    xs, ys = (cand % grid + 0.5) * patch_size, (cand // grid + 0.5) * patch_size
+    _, _, px, py = crop_points_to_pixels(xs, ys, prep.geometry, frame, prep.distance.shape)
+    return bool((prep.distance[py, px] <= tol).any())
+
+
+@torch.no_grad()
+def score_model(
+    model: BViT,
+    source: PointingSource,
+    options: PointingOptions = PointingOptions(),
+    indices: Sequence[int] | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    strict: bool = False,
+    progress: bool = True,
+    dist_info: DistInfo | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Score ``model`` on ``source``: (points, images, skipped) tables for this process's share.
+
+    points: image_index, step, head, x, y (scoring frame), hit, prefix_mass.
+    images: image_index, name, wnid, label, width, height, mask_fraction, chance, centre_hit.
+    """
+    info = dist_info or DistInfo()
+    cfg = model.config
+    all_indices = list(range(len(source))) if indices is None else list(indices)
+    mine = all_indices[info.rank :: info.world_size]
+    loader = DataLoader(
+        _PreparedDataset(source, mine, cfg, options, strict),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
+    grid, ps, npt = cfg.grid_size, cfg.patch_size, cfg.num_prefix_tokens
+    device = torch.device(device)
+    model.eval().to(device)
+    points, images, skipped = [], [], []
+    bar = tqdm(total=len(mine), desc=f"pointing {cfg.name}", unit="img", disable=not (progress and info.is_main))
+    for batch in loader:
+        prepared = [b for b in batch if isinstance(b, PreparedImage)]
+        skipped.extend(asdict(b) for b in batch if isinstance(b, Skipped))
+        bar.update(len(batch))
+        if not prepared:
+            continue
+        x = torch.stack([p.tensor for p in prepared]).to(device)
+        with model.capture("attn.cls_pattern", dtype=torch.float32) as cache:
+            with torch.autocast(device_type=device.type, enabled=amp):
+                model.forward_features(x, steps=options.steps)
+        rows = torch.stack([cache["attn.cls_pattern", layer] for layer in cache.layers("attn.cls_pattern")])
+        prefix_mass = rows[..., :npt].sum(-1)  # (L, B, H)
+        patch_attn = rows[..., npt:]
+        xs, ys, tied = attention_points(patch_attn, grid, ps, options.point)
+        xs, ys, tied = xs.cpu().numpy(), ys.cpu().numpy(), tied.cpu().numpy()
+        n_layers, _, n_heads = xs.shape
+        step_idx, head_idx = np.meshgrid(np.arange(1, n_layers + 1), np.arange(n_heads), indexing="ij")
+        for b, prep in enumerate(prepared):
+            fx, fy, px, py = crop_points_to_pixels(xs[:, b], ys[:, b], prep.geometry, options.frame, prep.distance.shape)
+            hit = prep.distance[py, px] <= options.tolerance
+            if options.tie == "any" and options.point == "center" and tied[:, b].any():
+                attn_np = patch_attn[:, b].cpu().numpy()
+                for s, h in zip(*np.nonzero(tied[:, b]), strict=True):
+                    hit[s, h] = _any_tie_hits(attn_np[s, h], grid, ps, prep, options.frame, options.tolerance)
+            points.append(pd.DataFrame({
+                "image_index": prep.index,
+                "step": step_idx.ravel(),
+                "head": head_idx.ravel(),
+                "x": fx.ravel(),
+                "y": fy.ravel(),
+                "hit": hit.ravel(),
+                "prefix_mass": prefix_mass[:, b].cpu().numpy().ravel(),
+            }))
+            images.append({
+                "image_index": prep.index, "name": prep.name, "wnid": prep.wnid, "label": prep.label,
+                "width": prep.width, "height": prep.height, "mask_fraction": prep.mask_fraction,
+                "chance": prep.chance, "centre_hit": prep.centre_hit,
+            })
+    bar.close()
+    point_cols = ["image_index", "step", "head", "x", "y", "hit", "prefix_mass"]
+    image_cols = ["image_index", "name", "wnid", "label", "width", "height", "mask_fraction", "chance", "centre_hit"]
+    return (
+        pd.concat(points, ignore_index=True) if points else pd.DataFrame(columns=point_cols),
+        pd.DataFrame(images, columns=image_cols),
+        pd.DataFrame(skipped, columns=["index", "name", "reason", "detail"]),
+    )
+
+
+# ----------------------------------------------------------------------------- summaries
+def wilson_interval(hits: np.ndarray | int, n: np.ndarray | int, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for a binomial proportion (vectorised)."""
+    hits, n = np.asarray(hits, dtype=float), np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = hits / n
+        denom = 1 + z**2 / n
+        centre = (p + z**2 / (2 * n)) / denom
+        half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return centre - half, centre + half
+
+
+def hit_rate_table(points: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
+    """Step x head hit rates: micro (over images, Wilson 95% interval) and macro (mean of class rates)."""
+    df = points.merge(images[["image_index", "wnid"]], on="image_index")
+    keys = [k for k in ("model",) if k in df.columns] + ["step", "head"]
+    micro = df.groupby(keys)["hit"].agg(n="size", hits="sum").reset_index()
+    micro["rate"] = micro["hits"] / micro["n"]
+    micro["ci_low"], micro["ci_high"] = wilson_interval(micro["hits"].to_numpy(), micro["n"].to_numpy())
+    macro = df.groupby([*keys, "wnid"])["hit"].mean().groupby(level=list(range(len(keys)))).mean()
+    micro = micro.merge(macro.rename("macro_rate").reset_index(), on=keys)
+    return micro
+
+
+def per_class_table(points: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
+    """Hit rate per class, step and head."""
+    df = points.merge(images[["image_index", "wnid"]], on="image_index")
+    keys = [k for k in ("model",) if k in df.columns] + ["wnid", "step", "head"]
+    out = df.groupby(keys)["hit"].agg(n="size", hits="sum").reset_index()
+    out["rate"] = out["hits"] / out["n"]
+    return out
+
+
+def baseline_table(images: pd.DataFrame) -> pd.DataFrame:
+    """Chance (mask fraction dilated by the tolerance) and centre-point baselines, micro and macro."""
+    keys = [k for k in ("model",) if k in images.columns]
+    groups = images.groupby(keys) if keys else [((), images)]
+    rows = []
+    for key, g in groups:
+        per_class = g.groupby("wnid")[["chance", "centre_hit", "mask_fraction"]].mean()
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        row.update({
+            "n": len(g),
+            "chance_micro": g["chance"].mean(),
+            "chance_macro": per_class["chance"].mean(),
+            "centre_micro": g["centre_hit"].mean(),
+            "centre_macro": per_class["centre_hit"].mean(),
+            "mask_fraction": g["mask_fraction"].mean(),
+        })
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def step_summary(hit_rates: pd.DataFrame, baselines: pd.DataFrame, average: str = "micro") -> pd.DataFrame:
+    """Per step: best head and its rate, mean over heads, chance and centre baselines (Fig. 4a/4b)."""
+    col = "rate" if average == "micro" else "macro_rate"
+    keys = [k for k in ("model",) if k in hit_rates.columns]
+    rows = []
+    for key, g in hit_rates.groupby([*keys, "step"]):
+        key = key if isinstance(key, tuple) else (key,)
+        best = g.loc[g[col].idxmax()]
+        row = dict(zip([*keys, "step"], key, strict=True))
+        row.update({"best_head": int(best["head"]), "best_rate": float(best[col]),
+                    "best_ci_low": float(best["ci_low"]), "best_ci_high": float(best["ci_high"]),
+                    "mean_over_heads": float(g[col].mean())})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    base = baselines.rename(columns={f"chance_{average}": "chance", f"centre_{average}": "centre"})
+    cols = [*keys, "chance", "centre"]
+    return out.merge(base[cols], on=keys) if keys else out.assign(chance=base["chance"].iloc[0], centre=base["centre"].iloc[0])

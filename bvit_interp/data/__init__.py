@@ -1,0 +1,1 @@
+"""Datasets: procedural shapes with masks, ImageNet-S reading, exports."""
