@@ -14,7 +14,15 @@ from collections.abc import Sequence
 # (subcommand, module under bvit_interp.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
     ("pointing-game", "pointing", "score every head at every step on ImageNet-S-style masks (paper Sec. 4.2.2)"),
+    ("featviz", "featviz", "feature visualization of FFN neurons per step, dataset exemplars (Sec. 4.2.1)"),
+    ("svd", "svd", "energy ranks per matrix and per step, truncated-SVD accuracy sweeps (App. A.2)"),
+    ("prune", "prune", "step-masked RTL pruning of the shared block (Sec. 4.2.3, App. G)"),
+    ("trajectories", "trajectories", "PaCMAP trajectories of the CLS state across steps (App. E.2)"),
+    ("lens", "lens", "per-step readout accuracy, also beyond the trained horizon (App. B, Fig. 8)"),
+    ("early-exit", "early_exit", "early-exit classifiers on chosen steps and a threshold sweep (App. B)"),
+    ("ablate", "ablate", "step x head ablation map (zero / mean ablation, whole-step skips)"),
     ("train", "train", "train a bViT / ViT with the paper's recipe (single process or torchrun)"),
+    ("demo", "demo", "run every analysis on the bundled models into one directory"),
     ("data", "data", "dataset utilities: export the procedural shapes set (ImageNet-S / ImageFolder layout)"),
     ("bench", "bench", "benchmarks: hook overhead, pointing-game throughput, training speed"),
 ]

@@ -57,9 +57,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Bundled CPU models on never-repeating shapes: no Mixup/CutMix/RandAugment/erasing,
     # short warm-up, EMA with a horizon that fits a ~1k-iteration run.
     "shapes": {
-        "epochs": 2,
-        "batch_size": 128,
-        "base_lr": 4e-3,  # = lr 1e-3 at batch 128
+        "epochs": 4,
+        "batch_size": 64,
+        "base_lr": 5.6e-3,  # = lr 7e-4 at batch 64
         "weight_decay": 0.05,
         "warmup_epochs": 0.2,
         "warmup_factor": 0.033,
@@ -103,6 +103,7 @@ class TrainConfig:
     reprob: float | None = None
     clip_grad: float | None = None
     shapes_train_size: int = 50_000
+    curriculum_epochs: float = 0.0  # shapes only: clutter ramps from none to full over these epochs
     shapes_img_size: int | None = None
     val_limit: int | None = None
     workers: int = 0
@@ -216,6 +217,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         train_transform(model.config, cfg.crop_scale, cfg.crop_ratio, cfg.hflip, cfg.rand_augment, cfg.reprob),
         eval_transform(model.config),
         shapes_cfg,
+        cfg.curriculum_epochs,
     )
     if len(data.classes) != model.config.num_classes:
         raise ValueError(

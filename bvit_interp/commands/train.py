@@ -36,6 +36,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reprob", type=float, help="Random Erasing probability")
     p.add_argument("--clip-grad", type=float, help="gradient-norm clipping (0 disables)")
     p.add_argument("--shapes-train-size", type=int, default=50_000, help="shapes images per epoch (fresh images every epoch)")
+    p.add_argument("--curriculum-epochs", type=float, default=0.0, help="shapes only: ramp background clutter from none (epoch 0) to full over this many epochs")
     p.add_argument("--num-classes", type=int, help="override the model's number of classes")
     p.add_argument("--val-limit", type=int, help="evaluate on the first N validation images only")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     fields = {f: getattr(args, f) for f in (
         "model", "data", "out", "recipe", "epochs", "batch_size", "base_lr", "lr", "weight_decay",
         "warmup_epochs", "warmup_factor", "label_smoothing", "mixup", "cutmix", "ema_decay", "crop_scale",
-        "crop_ratio", "hflip", "rand_augment", "reprob", "clip_grad", "shapes_train_size", "val_limit",
+        "crop_ratio", "hflip", "rand_augment", "reprob", "clip_grad", "shapes_train_size", "curriculum_epochs", "val_limit",
         "workers", "device", "seed", "resume", "force", "save_name",
     )}
     overrides = {"num_classes": args.num_classes} if args.num_classes else {}

@@ -7,6 +7,7 @@ holding ``train/`` and ``val/`` class folders.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +34,53 @@ class DataBundle:
     spec: str
 
 
-class FreshShapes(Dataset):
-    """Training shapes that never repeat: epoch ``e`` renders indices ``e*N .. e*N+N-1``."""
+def clutter_config(config: ShapesConfig, level: float) -> ShapesConfig:
+    """The same dataset with background clutter scaled by ``level`` in [0, 1] (1 = ``config`` itself).
 
-    def __init__(self, config: ShapesConfig, transform: Callable[[Any], Any] | None = None) -> None:
+    Level 0 keeps the objects (classes, sizes, colours, contrast) but drops distractors,
+    object textures and most background texture: the easy end of a curriculum.
+    """
+    level = min(1.0, max(0.0, level))
+    if level == 1.0:
+        return config
+
+    def scale(pair: tuple[float, float]) -> tuple[float, float]:
+        return pair[0] * level, pair[1] * level
+
+    def count(pair: tuple[int, int]) -> tuple[int, int]:
+        return round(pair[0] * level), round(pair[1] * level)
+
+    return dataclasses.replace(
+        config,
+        num_lines=count(config.num_lines),
+        num_blobs=count(config.num_blobs),
+        texture_prob=config.texture_prob * level,
+        background_amplitude=scale(config.background_amplitude),
+        fine_noise_range=scale(config.fine_noise_range),
+    )
+
+
+class FreshShapes(Dataset):
+    """Training shapes that never repeat: epoch ``e`` renders indices ``e*N .. e*N+N-1``.
+
+    With ``curriculum_epochs`` > 0 the clutter level ramps linearly from 0 at epoch 0 to the
+    full dataset at that epoch (``clutter_config``); validation always uses the full data.
+    """
+
+    def __init__(
+        self, config: ShapesConfig, transform: Callable[[Any], Any] | None = None, curriculum_epochs: float = 0.0
+    ) -> None:
         self.config = config
         self.transform = transform
+        self.curriculum_epochs = curriculum_epochs
         self.epoch = 0
+        self.active = config
         self.classes = list(SHAPE_CLASSES)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        level = 1.0 if self.curriculum_epochs <= 0 else epoch / self.curriculum_epochs
+        self.active = clutter_config(self.config, level)
 
     def __len__(self) -> int:
         return self.config.num_train
@@ -51,7 +88,7 @@ class FreshShapes(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         from PIL import Image
 
-        sample = render_sample(self.config, "train", self.epoch * self.config.num_train + index)
+        sample = render_sample(self.active, "train", self.epoch * self.config.num_train + index)
         image = Image.fromarray(sample.image)
         return (self.transform(image) if self.transform else image), sample.label
 
@@ -72,12 +109,13 @@ def build_datasets(
     train_transform: Callable[[Any], Any] | None,
     eval_transform: Callable[[Any], Any] | None,
     shapes_config: ShapesConfig | None = None,
+    curriculum_epochs: float = 0.0,
 ) -> DataBundle:
     """Resolve a dataset spec into train/val datasets with the given transforms."""
     if spec == "shapes":
         cfg = shapes_config or ShapesConfig()
         return DataBundle(
-            FreshShapes(cfg, train_transform),
+            FreshShapes(cfg, train_transform, curriculum_epochs),
             ShapesDataset("val", cfg, transform=eval_transform),
             list(SHAPE_CLASSES),
             spec,

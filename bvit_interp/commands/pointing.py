@@ -1,0 +1,105 @@
+"""``bvit-interp pointing-game``: score every head at every step; writes a run and prints a summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from ..analysis.pointing import AVERAGES, FRAMES, POINT_RULES, TIE_RULES, PointingOptions
+from ..analysis.pointing_run import overlay_for_best_head, pointing_game, write_tables
+from ..analysis.sources import open_source
+from ..defaults import DEFAULT_DATA, DEFAULT_MODEL, model_label, model_path, resolve_model
+from ..distributed import barrier, cleanup, init_distributed, resolve_device
+from ..model import read_checkpoint_info
+from ..results import Run
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", help=f"bundled model name or checkpoint path; repeat for side-by-side variants (default {DEFAULT_MODEL})")
+    p.add_argument("--data", default=DEFAULT_DATA, help="'shapes' (procedural validation set, rendered in memory) or an ImageNet-S root with validation/ and validation-segmentation/")
+    p.add_argument("--split", default="validation", help="ImageNet-S split folder name")
+    p.add_argument("--out", default="runs/pointing", help="run directory to write")
+    p.add_argument("--tolerance", type=float, default=0.0, help="hit if the point is within this many pixels of the mask (0 = paper, 15 = TorchRay)")
+    p.add_argument("--tie", choices=TIE_RULES, default="first", help="with several maximal patches: first one, or hit if any hits")
+    p.add_argument("--point", choices=POINT_RULES, default="center", help="patch centre of the argmax, or argmax of the bilinearly upsampled map")
+    p.add_argument("--frame", choices=FRAMES, default="original", help="score in the original image or in the model's crop")
+    p.add_argument("--average", choices=AVERAGES, default="micro", help="headline averaging over images (micro) or classes (macro); tables hold both")
+    p.add_argument("--steps", type=int, help="recurrent steps to run (default: the trained horizon; more to look beyond it)")
+    p.add_argument("--limit", type=int, help="score only the first N images")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (per process)")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes (decode, resize, distance maps)")
+    p.add_argument("--chunk-size", type=int, default=512, help="images per resumable part written to the run")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument("--no-amp", action="store_true", help="on CUDA, run the forward in fp32 (default: AMP forward, fp32 softmax row)")
+    p.add_argument("--overlays", type=int, default=4, help="images in the attention-map figure of the best head (0 = none)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unusable image instead of skipping and recording it")
+    p.add_argument("--csv", action="store_true", help="also write every table as CSV")
+    p.add_argument("--seed", type=int, default=0, help="recorded in meta.json (the scoring itself is deterministic)")
+    p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def _print_summary(tables, average: str) -> None:
+    for model, g in tables.summary.groupby("model", sort=False):
+        skipped = int((tables.skipped["model"] == model).sum()) if len(tables.skipped) else 0
+        n = int(tables.baselines.loc[tables.baselines["model"] == model, "n"].iloc[0])
+        print(f"\n{model}: {n} images scored, {skipped} skipped ({average} average)")
+        print(f"  chance {g['chance'].iloc[0]:.3f}   centre point {g['centre'].iloc[0]:.3f}")
+        print("  step  best head  best rate [95% CI]     mean over heads")
+        for row in g.itertuples():
+            print(f"  {row.step:>4}  {row.best_head:>9}  {row.best_rate:.3f} [{row.best_ci_low:.3f}, {row.best_ci_high:.3f}]  {row.mean_over_heads:.3f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    info = init_distributed(args.device)
+    try:
+        device = resolve_device(args.device, info)
+        specs = args.model or [DEFAULT_MODEL]
+        labels = [model_label(s) for s in specs]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"--model names must differ in their file stem, got {labels}")
+        models = {label: resolve_model(spec, device=str(device)) for label, spec in zip(labels, specs, strict=True)}
+        source = open_source(args.data) if args.data.startswith("shapes") else open_source_split(args.data, args.split)
+        options = PointingOptions(args.tolerance, args.tie, args.point, args.frame, args.average, args.steps)
+        meta = {
+            "analysis": "pointing",
+            "models": [
+                {"name": label, "path": str(model_path(spec)), "sha256": m.checkpoint_sha256,
+                 "config": read_checkpoint_info(model_path(spec))["config"]}
+                for label, spec, m in zip(labels, specs, models.values(), strict=True)
+            ],
+            "data": source.description,
+            "options": {**options.to_dict(), "limit": args.limit, "models": labels},
+            "seed": args.seed,
+            "world_size": info.world_size,
+        }
+        run_dir = Run.create(args.out, meta, force=args.force) if info.is_main else Run(args.out)
+        barrier(info)
+        tables = pointing_game(
+            models, source, options, run_dir, limit=args.limit, chunk_size=args.chunk_size,
+            batch_size=args.batch_size, workers=args.workers, device=device,
+            amp=device.type == "cuda" and not args.no_amp, strict=args.strict, dist_info=info,
+        )
+        if info.is_main:
+            write_tables(run_dir, tables, csv=args.csv)
+            if args.overlays:
+                for label, model in models.items():
+                    mine = tables.summary[tables.summary["model"] == label]
+                    imgs = tables.images[tables.images["model"] == label]
+                    fig = overlay_for_best_head(model, source, options, mine, imgs, args.overlays, device=device)
+                    run_dir.write_figure(f"overlay_{label}", fig)
+            run_dir.complete(n_skipped=len(tables.skipped))
+            _print_summary(tables, args.average)
+            print(f"\nrun written to {run_dir.path}", file=sys.stderr)
+        return 0
+    finally:
+        cleanup(info)
+
+
+def open_source_split(root: str, split: str):
+    from ..analysis.sources import ImageNetSSource
+
+    return ImageNetSSource(root, split)
