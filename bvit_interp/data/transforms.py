@@ -23,6 +23,21 @@ def eval_transform(config: BViTConfig) -> Callable[[Any], Any]:
     )
 
 
+def _rand_augment(spec: str, img_size: int, mean: tuple[float, ...]) -> Callable[[Any], Any]:
+    """timm RandAugment with every op whose posterize keeps >= 4 bits.
+
+    Pillow >= 13 rejects 0-bit posterize, which timm's (increasing) posterize requests at
+    high magnitudes, so both posterize variants are swapped for the original-paper one
+    (keep 4-8 bits); every other op is timm's.
+    """
+    from timm.data.auto_augment import _RAND_INCREASING_TRANSFORMS, _RAND_TRANSFORMS, rand_augment_transform
+
+    ops = _RAND_INCREASING_TRANSFORMS if "inc1" in spec.split("-") else _RAND_TRANSFORMS
+    ops = ["PosterizeOriginal" if op.startswith("Posterize") else op for op in ops]
+    hparams = {"translate_const": int(img_size * 0.45), "img_mean": tuple(round(255 * m) for m in mean)}
+    return rand_augment_transform(spec, hparams, transforms=ops)
+
+
 def train_transform(
     config: BViTConfig,
     scale: tuple[float, float],
@@ -32,20 +47,24 @@ def train_transform(
     re_prob: float,
 ) -> Callable[[Any], Any]:
     """RandomResizedCrop, flip, RandAugment, Random Erasing (paper Sec. 3.3) with the given strengths."""
+    from timm.data.random_erasing import RandomErasing
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+    from torchvision import transforms as T
+
     dc = config.data_config
-    return create_transform(
-        input_size=dc["input_size"],
-        is_training=True,
-        scale=scale,
-        ratio=ratio,
-        hflip=hflip,
-        auto_augment=auto_augment or None,
-        interpolation="bicubic",
-        re_prob=re_prob,
-        re_mode="pixel",
-        mean=dc["mean"],
-        std=dc["std"],
-    )
+    steps: list[Callable[[Any], Any]] = [
+        RandomResizedCropAndInterpolation(config.img_size, scale=scale, ratio=ratio, interpolation="bicubic")
+    ]
+    if hflip > 0:
+        steps.append(T.RandomHorizontalFlip(hflip))
+    if auto_augment:
+        if not auto_augment.startswith("rand"):
+            raise ValueError(f"--rand-augment {auto_augment!r}: expected a timm RandAugment spec like rand-m9-mstd0.5-inc1")
+        steps.append(_rand_augment(auto_augment, config.img_size, dc["mean"]))
+    steps += [T.ToTensor(), T.Normalize(dc["mean"], dc["std"])]
+    if re_prob > 0:
+        steps.append(RandomErasing(re_prob, mode="pixel", device="cpu"))
+    return T.Compose(steps)
 
 
 class CropGeometry:
