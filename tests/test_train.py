@@ -103,8 +103,8 @@ def test_torchrun_two_process_gloo(folder, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     hist = _metrics(out)
     assert len(hist) == 2
-    # 32 training images, global batch 8 -> 4 iterations per epoch shared by 2 processes
-    assert hist[-1]["iteration"] == 2 * 2 and hist[-1]["samples_seen"] == 2 * 2 * 8
+    # 32 training images sharded over 2 processes, 4 per process per step -> 4 iterations per epoch
+    assert hist[-1]["iteration"] == 2 * 4 and hist[-1]["samples_seen"] == 2 * 32
     assert json.loads((out / "result.json").read_text())["world_size"] == 2
 
 
