@@ -187,3 +187,12 @@ def test_config_dict_round_trip() -> None:
     cfg = get_config("bvit_tiny_reg")
     assert type(cfg).from_dict(cfg.to_dict()) == cfg
     assert get_config("bvit_micro", depth=6).blocks == 6
+
+
+def test_half_precision_storage_round_trip(tmp_path, micro_bvit, micro_images) -> None:
+    save_model(micro_bvit, tmp_path / "h", dtype=torch.float16)
+    loaded = load_model(tmp_path / "h")
+    assert loaded.blocks[0].attn.qkv.weight.dtype == torch.float32
+    ref = micro_bvit.state_dict()
+    for k, v in loaded.state_dict().items():
+        torch.testing.assert_close(v, ref[k].half().float())

@@ -51,10 +51,22 @@ def build_model(name_or_config: str | BViTConfig | dict[str, Any], **overrides: 
     return BViT(get_config(name_or_config, **overrides))
 
 
-def save_model(model: BViT, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``<path>.safetensors`` and ``<path>.json`` atomically; returns the weights path."""
+def save_model(
+    model: BViT,
+    path: str | os.PathLike[str],
+    metadata: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``<path>.safetensors`` and ``<path>.json`` atomically; returns the weights path.
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating tensors compactly; ``load_model``
+    casts them back to the model's fp32 parameters.
+    """
     weights, config_path = checkpoint_paths(path)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
     _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "bvit-interp", "version": str(FORMAT_VERSION)}))
     doc = {
         "format": "bvit-interp",
@@ -63,9 +75,13 @@ def save_model(model: BViT, path: str | os.PathLike[str], metadata: dict[str, An
         "weights": weights.name,
         "weights_sha256": sha256_file(weights),
         "num_params": sum(p.numel() for p in model.parameters()),
+        "storage_dtype": str(dtype or "as trained").replace("torch.", ""),
         "metadata": metadata or {},
     }
     _atomic_write(config_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
+    from ..pruning.masked import save_attached_masks  # lazy: the pruning package builds on this one
+
+    save_attached_masks(model, weights, doc["weights_sha256"])
     return weights
 
 
@@ -116,5 +132,8 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
     load_state_dict_checked(model, state, str(weights))
     model.checkpoint_path = str(weights)
     model.checkpoint_sha256 = sha256_file(weights)
+    from ..pruning.masked import load_attached_masks
+
+    load_attached_masks(model, weights)
     model.eval()
     return model
