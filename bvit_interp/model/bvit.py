@@ -93,13 +93,24 @@ class BViT(VisionTransformer):
 
     def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """Apply recurrent step ``t`` (every block of the stack once, then the time embedding)."""
-        for b, block in enumerate(self.blocks):
-            if self.hooks:
-                ctx = HookContext(self.hooks, t, b, self.num_blocks)
-                x = hooked_block_forward(block, x, ctx) if ctx.sites else block(x)
-            else:
-                x = block(x)
-        if self.time_embed is not None:
+        for b in range(self.num_blocks):
+            x = self.layer(x, t * self.num_blocks + b)
+        return x
+
+    def layer(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Apply unrolled layer ``index`` alone (block ``index % blocks`` of step ``index // blocks``).
+
+        Fires that layer's hooks and, after a step's last block, adds the time embedding, so a
+        forward can resume mid-step from a captured ``resid_pre`` (ablation, early exit).
+        """
+        t, b = divmod(index, self.num_blocks)
+        block = self.blocks[b]
+        if self.hooks:
+            ctx = HookContext(self.hooks, t, b, self.num_blocks)
+            x = hooked_block_forward(block, x, ctx) if ctx.sites else block(x)
+        else:
+            x = block(x)
+        if b == self.num_blocks - 1 and self.time_embed is not None:
             # Beyond the trained horizon the last step's embedding is reused.
             x = x + self.time_embed[min(t, self.config.steps - 1)]
         return x
