@@ -25,10 +25,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 demo-quick: $(VENV)/.installed
-	$(VENV)/bin/bvit-interp demo --out runs/demo
+	$(VENV)/bin/bvit-interp demo --quick --out runs/demo
 
-demo: demo-quick
-	$(VENV)/bin/streamlit run app/main.py --server.address 127.0.0.1 -- --runs runs
+demo: $(VENV)/.installed
+	$(VENV)/bin/bvit-interp demo --out runs/demo
+	$(VENV)/bin/streamlit run app/main.py --server.address 127.0.0.1 -- --runs runs/demo
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/bvit-interp bench hooks
