@@ -30,7 +30,11 @@ def _rand_augment(spec: str, img_size: int, mean: tuple[float, ...]) -> Callable
     high magnitudes, so both posterize variants are swapped for the original-paper one
     (keep 4-8 bits); every other op is timm's.
     """
-    from timm.data.auto_augment import _RAND_INCREASING_TRANSFORMS, _RAND_TRANSFORMS, rand_augment_transform
+    from timm.data.auto_augment import (
+        _RAND_INCREASING_TRANSFORMS,
+        _RAND_TRANSFORMS,
+        rand_augment_transform,
+    )
 
     ops = _RAND_INCREASING_TRANSFORMS if "inc1" in spec.split("-") else _RAND_TRANSFORMS
     ops = ["PosterizeOriginal" if op.startswith("Posterize") else op for op in ops]

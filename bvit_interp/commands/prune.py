@@ -1,0 +1,165 @@
+"""``bvit-interp prune``: step-masked RTL pruning of the shared block (paper Sec. 4.2.3, App. G).
+
+Writes into ``--out``: ``init.*`` (theta_0), ``masks/round_NNN.npz``, ``model.*`` (the last
+trained model with its ``model.masks.npz``), tables ``summary``, ``steps``, ``utilization``,
+``pairs``, ``rounds``, figures ``fig5_utilization.png`` and ``fig14_pruning.png``, and
+``state.json``. Rerunning the same command resumes after the last finished round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import pandas as pd
+
+from ..analysis.pruning import ALL
+from ..analysis.pruning_plots import pruning_figure, utilization_figure
+from ..pruning.masks import LAYER_TYPES
+from ..pruning.rtl import PRESETS, PruneConfig, RTLPruner, preset_config
+from ..pruning.strategy import SCOPES
+from ..results import Run
+from .common import resolve_device
+
+
+def _types(text: str) -> tuple[str, ...]:
+    """Parse 'qkv,proj' into layer types (argparse type)."""
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [n for n in names if n not in LAYER_TYPES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"unknown layer types {bad or text!r}; choose from {','.join(LAYER_TYPES)}")
+    return names
+
+
+def _show(value: object) -> str:
+    return "all" if value is None else str(value)
+
+
+def _preset_values(option: str) -> str:
+    """'(unset = paper 30, quick 5)': what each preset puts in an option the user leaves unset."""
+    default = getattr(PruneConfig, option)
+    values = ", ".join(f"{name} {_show(preset.get(option, default))}" for name, preset in sorted(PRESETS.items()))
+    return f"(unset = {values})".replace("%", "%%")
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-config", default="bvit_tiny", help="named model config trained from a fresh seeded init (bvit_tiny, bvit_micro, bvit_s, ...)")
+    p.add_argument("--init-from", metavar="NAME|PATH", help="start from these weights (bundled model or checkpoint) instead of a fresh init; they are theta_0")
+    p.add_argument("--data", default="shapes", help="'shapes', 'cifar10:ROOT', 'cifar100:ROOT' or an ImageFolder root with train/ and val/")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="fills unset options: paper = App. G.3 (30 rounds, 20%%); quick = ~15 min on a 2-core CPU")
+    p.add_argument("--rounds", type=int, help="pruning rounds; the last round's masks are also trained and evaluated " + _preset_values("rounds"))
+    p.add_argument("--rate", type=float, help="fraction of each step's active weights pruned per round " + _preset_values("rate"))
+    p.add_argument("--scope", choices=SCOPES, default="layer", help="magnitude threshold per layer, or one per step over all masked layers")
+    p.add_argument("--layers", type=_types, default=",".join(LAYER_TYPES), help="masked layer types, comma-separated")
+    p.add_argument("--epochs", type=float, help="full-model training per round, in epochs " + _preset_values("epochs"))
+    p.add_argument("--graft-epochs", type=float, help="training of each step's graft per round, in epochs " + _preset_values("graft_epochs"))
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size (paper App. G.2: 128)")
+    p.add_argument("--lr", type=float, help="peak learning rate of full training; unset = the data's training recipe")
+    p.add_argument("--graft-lr", type=float, help="peak learning rate of graft training; unset = as full training")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay; unset = the recipe's")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up of full training; unset = 10%% of --epochs (grafts scale it)")
+    p.add_argument("--label-smoothing", type=float, help="label smoothing; unset = the recipe's")
+    p.add_argument("--clip-grad", type=float, help="gradient-norm clipping, 0 disables; unset = the recipe's")
+    p.add_argument("--shapes-train-size", type=int, help="shapes training images per epoch " + _preset_values("shapes_train_size"))
+    p.add_argument("--val-limit", type=int, help="evaluate on the first N validation images " + _preset_values("val_limit"))
+    p.add_argument("--train-eval-limit", type=int, help="training images re-evaluated for the train accuracy " + _preset_values("train_eval_limit"))
+    p.add_argument("--random-control", action=argparse.BooleanOptionalAction, default=None,
+                   help="also train each round with random masks of the same densities (val accuracy control) " + _preset_values("random_control"))
+    p.add_argument("--num-classes", type=int, help="override the model's number of classes")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument("--no-amp", action="store_true", help="on CUDA, train in fp32 instead of bf16 autocast")
+    p.add_argument("--seed", type=int, default=0, help="seed of the init, data order and random controls")
+    p.add_argument("--out", default="runs/prune", help="run directory (rerun the same command to resume)")
+    p.add_argument("--force", action="store_true", help="overwrite a finished run (or one with other options) in --out")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def config_from_args(args: argparse.Namespace) -> PruneConfig:
+    """The run's ``PruneConfig``: preset values for every option left unset."""
+    return preset_config(
+        args.preset, model=args.model_config, init_from=args.init_from, data=args.data, rounds=args.rounds,
+        rate=args.rate, scope=args.scope, layer_types=tuple(args.layers), epochs=args.epochs,
+        graft_epochs=args.graft_epochs, batch_size=args.batch_size, lr=args.lr, graft_lr=args.graft_lr,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        clip_grad=args.clip_grad, shapes_train_size=args.shapes_train_size, val_limit=args.val_limit,
+        train_eval_limit=args.train_eval_limit, random_control=args.random_control, num_classes=args.num_classes,
+        seed=args.seed,
+    )
+
+
+def print_progress(event: str, info: dict[str, Any]) -> None:
+    """One stderr line per round, training, graft and finished round."""
+    if event == "resume":
+        line = f"resuming: rounds 0-{info['round'] - 1} of 0-{info['rounds']} already finished"
+    elif event == "round":
+        line = f"round {info['round']}/{info['rounds']}: mask sparsity {100 * info['sparsity']:.1f}%"
+    elif event == "trained":
+        ctrl = f", random masks {info['val_acc_random']:.3f}" if info.get("val_acc_random") is not None else ""
+        line = (f"  full training {info['time_train_s']:.0f}s: loss {info['train_loss']:.3f}, "
+                f"train acc {info['train_acc']:.3f}, val acc {info['val_acc']:.3f}{ctrl}")
+    elif event == "graft":
+        line = f"  graft step {info['step']}/{info['steps']}: loss {info['loss']:.3f} ({info['seconds']:.1f}s)"
+    elif event == "round_done":
+        line = (f"  round {info['round']} done: train {info['time_train_s']:.0f}s, grafts {info['time_grafts_s']:.0f}s, "
+                f"prune {info['time_prune_s']:.1f}s, eval {info['time_eval_s']:.0f}s, control {info['time_control_s']:.0f}s")
+    else:
+        return
+    print(line, file=sys.stderr, flush=True)
+
+
+def write_figures(run: Run) -> None:
+    """Fig. 5 and Fig. 14 A-F from the run's tables."""
+    summary, steps, util, rounds = (run.read_table(n) for n in ("summary", "steps", "utilization", "rounds"))
+    run.write_figure("fig5_utilization", utilization_figure(util, summary))
+    run.write_figure("fig14_pruning", pruning_figure(steps, summary, rounds))
+
+
+def summary_table(run: Run) -> pd.DataFrame:
+    """Per round: sparsities (Table 7), Jaccard, specialization (observed / random) and accuracy."""
+    s = run.read_table("summary")
+    s = s[s["layer_type"] == ALL].set_index("round")
+    r = run.read_table("rounds").set_index("round")
+    out = pd.DataFrame({
+        "mask sparsity": (100 * s["mask_sparsity"]).round(1),
+        "weight sparsity": (100 * s["weight_sparsity"]).round(1),
+        "(random)": (100 * s["weight_sparsity_random"]).round(1),
+        "jaccard": s["jaccard"].round(3),
+        "(random) ": s["jaccard_random"].round(3),
+        "specialization": s["specialization"].round(3),
+        "(random)  ": s["specialization_random"].round(3),
+        "train acc": r["train_acc"].round(3),
+        "val acc": r["val_acc"].round(3),
+    })
+    if r["val_acc_random"].notna().any():
+        out["val acc random masks"] = r["val_acc_random"].astype(float).round(3)
+    return out.reset_index()
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    device = resolve_device(args.device)
+    options = json.loads(json.dumps(cfg.to_dict()))
+    meta = {"analysis": "prune", "models": [{"name": cfg.init_from or cfg.model}], "data": cfg.data,
+            "options": options, "seed": cfg.seed}
+    run_dir = Run.create(args.out, meta, force=args.force)
+
+    def progress(event: str, info: dict[str, Any]) -> None:
+        print_progress(event, info)
+        if event == "round_done" and info["round"] < info["rounds"]:  # the last round's figures follow below
+            write_figures(run_dir)
+
+    pruner = RTLPruner(cfg, run_dir, device, amp=not args.no_amp, progress=progress, workers=args.workers)
+    model = pruner.model
+    run_dir.update_meta(device=str(device), models=[{
+        "name": cfg.init_from or cfg.model, "path": model.checkpoint_path, "sha256": model.checkpoint_sha256,
+        "config": model.config.to_dict(), "init": "checkpoint" if cfg.init_from else f"fresh (seed {cfg.seed})",
+    }])
+    pruner.run_all()
+    write_figures(run_dir)
+    run_dir.complete()
+    print(summary_table(run_dir).to_string(index=False))
+    print(f"wrote {run_dir.path}")
+    return 0
