@@ -26,13 +26,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from .atomic import atomic_write
 from .data.datasets import build_datasets
 from .data.shapes import ShapesConfig
 from .data.transforms import eval_transform, train_transform
 from .distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
 from .evaluation import evaluate_accuracy
 from .model import BViT, build_model, get_config, save_model
-from .model.io import _atomic_write, load_state_dict_checked
+from .model.io import load_state_dict_checked
 
 RECIPES: dict[str, dict[str, Any]] = {
     # Paper Sec. 3.3 / DeiT: lr scales as base_lr * batch / 512.
@@ -157,7 +158,7 @@ class TrainState:
 
     @staticmethod
     def save(out: Path, payload: dict[str, Any]) -> None:
-        _atomic_write(out / TrainState.FILE, lambda tmp: torch.save(payload, tmp))
+        atomic_write(out / TrainState.FILE, lambda tmp: torch.save(payload, tmp))
 
     @staticmethod
     def load(out: Path) -> dict[str, Any]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..atomic import atomic_write
 from .imagenet_s import encode_mask
 from .shapes import SHAPE_CLASSES, SHAPE_WNIDS, ShapesConfig, render_sample, split_length
 
@@ -27,25 +27,14 @@ IMAGENET_S_FOLDERS = {"val": "validation", "train": "train-semi"}
 EXPORT_META = "shapes_export.json"
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temporary sibling and ``os.replace`` (never a partial file)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _save_image(img: Image.Image, path: Path, fmt: str, **kwargs: object) -> None:
     """Atomically save a PIL image in ``fmt`` ("JPEG" or "PNG")."""
-    _atomic(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))
 
 
 def _write_text(path: Path, text: str) -> None:
     """Atomically write a UTF-8 text file."""
-    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _prepare_out_dir(out: Path, force: bool) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_write
 from .bvit import BViT
 from .config import BViTConfig, get_config
 
@@ -32,18 +32,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build_model(name_or_config: str | BViTConfig | dict[str, Any], **overrides: Any) -> BViT:
@@ -67,7 +55,7 @@ def save_model(
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
         for k, v in model.state_dict().items()
     }
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "bvit-interp", "version": str(FORMAT_VERSION)}))
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "bvit-interp", "version": str(FORMAT_VERSION)}))
     doc = {
         "format": "bvit-interp",
         "format_version": FORMAT_VERSION,
@@ -78,7 +66,7 @@ def save_model(
         "storage_dtype": str(dtype or "as trained").replace("torch.", ""),
         "metadata": metadata or {},
     }
-    _atomic_write(config_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
+    atomic_write(config_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
     from ..pruning.masked import save_attached_masks  # lazy: the pruning package builds on this one
 
     save_attached_masks(model, weights, doc["weights_sha256"])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model.io import _atomic_write as atomic_write
+from ..atomic import atomic_write
 
 MASKS_FORMAT = "bvit-interp-step-masks"
 MASKS_VERSION = 1

@@ -1,0 +1,235 @@
+"""Step x head ablation map: the accuracy drop when one head's output is removed at one step only.
+
+For every unrolled layer l (the recurrent step of a bViT, the block of a ViT) and head h,
+``attn.z[:, h]`` at layer l is zeroed ("zero") or replaced by its mean over the evaluated
+images, per token position ("mean"); "none" patches nothing (a control: the drop must be
+0). Whole-step ablation ("skip") sets ``resid_post`` of layer l to its ``resid_pre``, i.e.
+the layer is skipped (a time embedding, if any, is still added).
+
+Cost: a naive map runs one full forward of L layers per (layer, variant): V * L^2 layer
+applications per image. Here one clean pass captures ``resid_pre`` of every layer; the
+variants of layer l are stacked along the batch and resume from that state, so only layers
+l..L-1 run: V * L (L + 1) / 2 applications, in large batched forwards. ``naive=True``
+runs the naive loop (for tests and benchmarks); both give the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..model import BViT
+from ..model.hooks import parse_name, site_name
+from .states import batches, finish
+
+HEAD_MODES = ("zero", "mean", "none")
+Variant = tuple[str, int]  # (mode, head); ("skip", -1) skips the whole layer
+
+
+@dataclass(frozen=True)
+class AblationOptions:
+    """Which head ablations to run, whether to skip whole steps, at which steps (1-based; default all)."""
+
+    modes: tuple[str, ...] = ("zero", "mean")
+    skip_steps: bool = True
+    steps: tuple[int, ...] | None = None
+    variants_per_pass: int = 32  # variants stacked in one resumed forward (memory: x batch size)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in HEAD_MODES]
+        if bad:
+            raise ValueError(f"ablation modes {bad}: choose from {HEAD_MODES}")
+        if self.variants_per_pass < 1:
+            raise ValueError("variants_per_pass must be >= 1")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def variants_for(num_heads: int, options: AblationOptions) -> list[Variant]:
+    """Every (mode, head) of the options, then ("skip", -1) if whole-step ablation is on."""
+    out: list[Variant] = [(mode, h) for mode in options.modes for h in range(num_heads)]
+    return out + [("skip", -1)] if options.skip_steps else out
+
+
+def _name(model: BViT, site: str, layer: int) -> str:
+    t, b = divmod(layer, model.num_blocks)
+    return site_name(site, t, b, model.num_blocks)
+
+
+@torch.no_grad()
+def head_means(model: BViT, loader: DataLoader, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Mean of ``attn.z`` over all images, per layer, head and token: (layers, H, N, Dh)."""
+    sums: dict[int, torch.Tensor] = {}
+    count = 0
+
+    def accumulate(z: torch.Tensor, name: str) -> None:
+        _, t, b = parse_name(name)
+        layer = (t or 0) * model.num_blocks + (b or 0)
+        total = z.double().sum(0)
+        sums[layer] = sums[layer] + total if layer in sums else total
+
+    model.eval().to(device)
+    with model.hooked([("attn.z", accumulate)]):
+        for x, _ in batches(loader, device):
+            model(x)
+            count += len(x)
+    if count == 0:
+        raise ValueError("the data loader yielded no images")
+    return torch.stack([sums[layer] for layer in sorted(sums)]).div(count).float()
+
+
+def _z_edit(variants: Sequence[Variant], batch: int, means: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """attn.z edit for a stack of variants along the batch (variant v owns rows v*batch .. (v+1)*batch-1)."""
+
+    def edit(z: torch.Tensor) -> torch.Tensor:
+        z = z.clone()
+        for v, (mode, head) in enumerate(variants):
+            rows = slice(v * batch, (v + 1) * batch)
+            if mode == "zero":
+                z[rows, head] = 0
+            elif mode == "mean":
+                assert means is not None
+                z[rows, head] = means[head].to(z.dtype)
+        return z
+
+    return edit
+
+
+def _skip_edit(variants: Sequence[Variant], batch: int, resid_pre: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """resid_post edit: rows of "skip" variants get the layer's input back."""
+    skip = torch.tensor([mode == "skip" for mode, _ in variants], device=resid_pre.device).repeat_interleave(batch)
+
+    def edit(post: torch.Tensor) -> torch.Tensor:
+        return torch.where(skip[:, None, None], resid_pre, post)
+
+    return edit
+
+
+def _edits(model: BViT, layer: int, variants: Sequence[Variant], batch: int, means: torch.Tensor | None,
+           resid_pre: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    edits = {}
+    if any(mode in ("zero", "mean") for mode, _ in variants):
+        edits[_name(model, "attn.z", layer)] = _z_edit(variants, batch, means)
+    if any(mode == "skip" for mode, _ in variants):
+        edits[_name(model, "resid_post", layer)] = _skip_edit(variants, batch, resid_pre)
+    return edits
+
+
+@torch.no_grad()
+def resume_ablated(
+    model: BViT, resid_pre: torch.Tensor, layer: int, variants: Sequence[Variant], means: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits (V, B, C) of each variant ablated at ``layer``, resumed from that layer's clean ``resid_pre`` (B, N, D)."""
+    batch = len(resid_pre)
+    x = resid_pre.repeat(len(variants), 1, 1)
+    with model.patch(_edits(model, layer, variants, batch, means, x)):
+        h = model.layer(x, layer)
+    return finish(model, h, layer + 1).reshape(len(variants), batch, -1)
+
+
+@torch.no_grad()
+def naive_ablated(
+    model: BViT, x: torch.Tensor, layer: int, variant: Variant, means: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits (B, C) of one variant at ``layer`` from a full forward of the images ``x`` (the reference)."""
+    edits: dict[str, Callable[[torch.Tensor], torch.Tensor | None]]
+    if variant[0] == "skip":
+        store: list[torch.Tensor] = []
+        edits = {
+            _name(model, "resid_pre", layer): lambda a: store.append(a.clone()),  # read only: returns None
+            _name(model, "resid_post", layer): lambda a: store[-1],
+        }
+    else:
+        edits = {_name(model, "attn.z", layer): _z_edit([variant], len(x), means)}
+    with model.patch(edits):
+        return model(x)
+
+
+@torch.no_grad()
+def ablate(
+    model: BViT,
+    loader: DataLoader,
+    options: AblationOptions = AblationOptions(),
+    device: torch.device | str = "cpu",
+    naive: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
+    """(head table, step table, summary) of the ablation map over the loader's images.
+
+    head table: step, head, mode, accuracy, drop, ce, ce_increase, images.
+    step table (whole-step skips): step, accuracy, drop, ce, ce_increase, images.
+    """
+    model.eval().to(device)
+    n_layers = model.num_layers()
+    layers = [s - 1 for s in options.steps] if options.steps else list(range(n_layers))
+    if any(not 0 <= layer < n_layers for layer in layers):
+        raise ValueError(f"ablation steps must lie in 1..{n_layers}, got {options.steps}")
+    variants = variants_for(model.config.num_heads, options)
+    means = head_means(model, loader, device) if "mean" in options.modes else None
+    correct = torch.zeros(len(layers), len(variants), dtype=torch.float64)
+    ce = torch.zeros_like(correct)
+    clean_correct, clean_ce, n_images = 0.0, 0.0, 0
+    chunk = options.variants_per_pass
+
+    def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Correct count and summed CE over the last-but-one (batch) axis."""
+        flat = logits.float().reshape(-1, logits.shape[-1])
+        yy = y.expand(*logits.shape[:-1]).reshape(-1)
+        hits = (flat.argmax(-1) == yy).reshape(logits.shape[:-1]).double().sum(-1)
+        loss = F.cross_entropy(flat, yy, reduction="none").reshape(logits.shape[:-1]).double().sum(-1)
+        return hits.cpu(), loss.cpu()
+
+    for x, y in batches(loader, device):
+        with model.capture("resid_pre") as cache:
+            clean = model(x)
+        hits, loss = score(clean, y)
+        clean_correct += float(hits)
+        clean_ce += float(loss)
+        n_images += len(y)
+        for i, layer in enumerate(layers):
+            m = None if means is None else means[layer].to(device)
+            for start in range(0, len(variants), chunk):
+                group = variants[start : start + chunk]
+                if naive:
+                    logits = torch.stack([naive_ablated(model, x, layer, v, m) for v in group])
+                else:
+                    logits = resume_ablated(model, cache["resid_pre", layer], layer, group, m)
+                hits, loss = score(logits, y)
+                correct[i, start : start + len(group)] += hits
+                ce[i, start : start + len(group)] += loss
+    if n_images == 0:
+        raise ValueError("the data loader yielded no images")
+    clean_acc, clean_loss = clean_correct / n_images, clean_ce / n_images
+    acc, loss = (correct / n_images).numpy(), (ce / n_images).numpy()
+    rows = [
+        {"step": layer + 1, "head": head, "mode": mode, "accuracy": acc[i, v], "drop": clean_acc - acc[i, v],
+         "ce": loss[i, v], "ce_increase": loss[i, v] - clean_loss, "images": n_images}
+        for i, layer in enumerate(layers) for v, (mode, head) in enumerate(variants)
+    ]
+    table = pd.DataFrame(rows)
+    heads = table[table["mode"] != "skip"].reset_index(drop=True)
+    steps = table[table["mode"] == "skip"].drop(columns=["head", "mode"]).reset_index(drop=True)
+    summary = {"clean_accuracy": clean_acc, "clean_ce": clean_loss, "images": n_images}
+    for mode in options.modes:
+        sub = heads[heads["mode"] == mode]
+        if len(sub):
+            worst = sub.loc[sub["drop"].idxmax()]
+            summary[f"max_drop_{mode}"] = float(worst["drop"])
+            summary[f"max_drop_{mode}_at"] = f"step {int(worst['step'])} head {int(worst['head'])}"
+    if len(steps):
+        worst = steps.loc[steps["drop"].idxmax()]
+        summary["max_drop_skip"] = float(worst["drop"])
+        summary["max_drop_skip_at"] = f"step {int(worst['step'])}"
+    return heads, steps, summary
+
+
+def drop_matrix(heads: pd.DataFrame, mode: str, value: str = "drop") -> np.ndarray:
+    """Step x head matrix of ``value`` for one ablation mode (rows: steps in order, columns: heads)."""
+    sub = heads[heads["mode"] == mode]
+    return sub.pivot(index="step", columns="head", values=value).sort_index().to_numpy()

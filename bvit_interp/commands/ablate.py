@@ -1,0 +1,53 @@
+"""``bvit-interp ablate``: step x head ablation map (zero / mean ablation of one head at one step, step skips)."""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+from ..analysis.ablation import HEAD_MODES, AblationOptions, ablate, drop_matrix
+from ..analysis.ablation_plots import plot_ablation_map
+from .common import (
+    add_common_args,
+    create_run,
+    load_models,
+    parse_list,
+    print_summary,
+    resolve_device,
+    val_loader,
+    with_model,
+    write_tables,
+)
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    add_common_args(p, "runs/ablate", default_limit=500)
+    p.add_argument("--modes", type=partial(parse_list, kind=str), default=("zero", "mean"),
+                   help=f"comma-separated head ablations from {', '.join(HEAD_MODES)} ('none' is a no-op control)")
+    p.add_argument("--no-skip", action="store_true", help="do not run whole-step skips")
+    p.add_argument("--steps", type=parse_list, help="comma-separated 1-based steps to ablate (default: all)")
+    p.add_argument("--variants-per-pass", type=int, default=32,
+                   help="ablation variants stacked into one resumed forward (lower it to save memory)")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    models = load_models(args, device)
+    options = AblationOptions(modes=tuple(args.modes), skip_steps=not args.no_skip, steps=args.steps,
+                              variants_per_pass=args.variants_per_pass)
+    out = create_run(args, "ablate", models, **options.to_dict())
+    tables: dict[str, list] = {"head_ablation": [], "step_ablation": []}
+    summaries = {}
+    for m in models:
+        loader, _ = val_loader(args, m.model.config)
+        heads, steps, summary = ablate(m.model, loader, options, device)
+        tables["head_ablation"].append(with_model(heads, m.label))
+        tables["step_ablation"].append(with_model(steps, m.label))
+        out.write_arrays(f"drop_{m.label}", **{mode: drop_matrix(heads, mode) for mode in options.modes})
+        title = f"{m.label}: accuracy drop (clean {summary['clean_accuracy']:.3f}, {summary['images']} images)"
+        out.write_figure(f"ablation_{m.label}", plot_ablation_map(heads, steps, title))
+        summaries[m.label] = summary
+    write_tables(out, tables)
+    out.complete(summary=summaries)
+    print_summary("ablate", out, summaries)
+    return 0

@@ -1,0 +1,61 @@
+"""``bvit-interp early-exit``: exit heads on a frozen model, CE-AUROC training, threshold sweep (App. B, Table 5)."""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+from ..analysis.early_exit import DEFAULT_THRESHOLDS, EarlyExitOptions, early_exit, sweep_summary
+from ..analysis.early_exit_plots import plot_exit_distribution, plot_tradeoff
+from .common import (
+    add_common_args,
+    create_run,
+    data_loader,
+    load_models,
+    parse_list,
+    print_summary,
+    resolve_device,
+    val_loader,
+    with_model,
+    write_tables,
+)
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    add_common_args(p, "runs/early_exit")
+    p.add_argument("--exits", type=parse_list, help="comma-separated 1-based steps with an exit (default: all but the last)")
+    p.add_argument("--thresholds", type=partial(parse_list, kind=float), default=DEFAULT_THRESHOLDS,
+                   help="comma-separated confidence thresholds to sweep (1.0 = never exit)")
+    p.add_argument("--train-limit", type=int, default=5000, help="training images for the exit heads (train split)")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs over the cached features")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the exit heads")
+    p.add_argument("--auroc-weight", type=float, default=1.0, help="weight of the CE-AUROC confidence term (Eq. 10)")
+    p.add_argument("--include-attention", action=argparse.BooleanOptionalAction, default=True,
+                   help="count the attention matmuls in FLOPs (the paper's GFLOPs leave them out)")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    models = load_models(args, device)
+    options = EarlyExitOptions(exits=args.exits, epochs=args.epochs, lr=args.lr, auroc_weight=args.auroc_weight,
+                               thresholds=tuple(args.thresholds), include_attention=args.include_attention)
+    out = create_run(args, "early_exit", models, train_limit=args.train_limit, **options.to_dict())
+    tables: dict[str, list] = {"sweep": [], "exits": [], "distribution": [], "history": []}
+    summaries = {}
+    for m in models:
+        val, _ = val_loader(args, m.model.config)
+        train, _ = data_loader(args.data, m.model.config, "train", args.train_limit, args.seed, args.batch_size,
+                               args.workers)
+        heads, results = early_exit(m.model, train, val, options, args.seed, device)
+        for name, df in results.items():
+            tables[name].append(with_model(df, m.label))
+        out.write_arrays(f"exit_heads_{m.label}", **{k: v.cpu().numpy() for k, v in heads.state_dict().items()})
+        out.write_figure(f"exits_{m.label}", plot_exit_distribution(results["distribution"], f"{m.label}: exit step"))
+        summaries[m.label] = sweep_summary(results["sweep"])
+    write_tables(out, tables)
+    out.write_figure("tradeoff", plot_tradeoff(out.read_table("sweep")))
+    out.complete(summary=summaries)
+    print_summary("early-exit", out, summaries)
+    cols = ["model", "threshold", "accuracy", "mean_steps", "gflops", "ms_per_image"]
+    print(out.read_table("sweep")[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0

@@ -1,0 +1,45 @@
+"""``bvit-interp lens``: per-step readout accuracy for 1..2T steps and answer flips (App. B, Fig. 8)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..analysis.lens import LensOptions, lens
+from ..analysis.lens_plots import plot_lens
+from .common import (
+    add_common_args,
+    create_run,
+    load_models,
+    print_summary,
+    resolve_device,
+    val_loader,
+    with_model,
+    write_tables,
+)
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    add_common_args(p, "runs/lens")
+    p.add_argument("--max-steps", type=int,
+                   help="recurrent steps to run (default: 2T for a bViT, beyond the horizon; T for a ViT)")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    models = load_models(args, device)
+    options = LensOptions(max_steps=args.max_steps)
+    out = create_run(args, "lens", models, **options.to_dict())
+    tables: dict[str, list] = {"lens": [], "predictions": []}
+    summaries = {}
+    for m in models:
+        loader, _ = val_loader(args, m.model.config)
+        table, preds, summary = lens(m.model, loader, options, device)
+        tables["lens"].append(with_model(table, m.label))
+        tables["predictions"].append(with_model(preds, m.label))
+        summaries[m.label] = summary
+    write_tables(out, tables)
+    horizons = {m.label: m.model.num_layers() for m in models}
+    out.write_figure("lens", plot_lens(out.read_table("lens"), horizons))
+    out.complete(summary=summaries)
+    print_summary("lens", out, summaries)
+    return 0

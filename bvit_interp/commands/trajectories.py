@@ -1,0 +1,49 @@
+"""``bvit-interp trajectories``: joint PaCMAP of the CLS state of every image at every step (App. E.2, Fig. 9)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..analysis.trajectories import NORMALIZATIONS, TrajectoryOptions, trajectories
+from ..analysis.trajectories_plots import plot_centroids, plot_class_panels
+from .common import (
+    add_common_args,
+    create_run,
+    load_models,
+    print_summary,
+    resolve_device,
+    val_loader,
+    with_model,
+    write_tables,
+)
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    add_common_args(p, "runs/trajectories", default_limit=500)
+    p.add_argument("--normalize", choices=NORMALIZATIONS, default="none",
+                   help="normalise states before PaCMAP: per point by RMS, or z-score each step's cloud")
+    p.add_argument("--neighbors", type=int, default=10, help="PaCMAP n_neighbors")
+    p.add_argument("--knn", type=int, default=10, help="k of the kNN-preservation score")
+    p.add_argument("--steps", type=int, help="recurrent steps to run (default: the trained horizon)")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    models = load_models(args, device)
+    options = TrajectoryOptions(normalize=args.normalize, n_neighbors=args.neighbors, knn=args.knn, steps=args.steps)
+    out = create_run(args, "trajectories", models, **options.to_dict())
+    tables: dict[str, list] = {"points": [], "centroids": [], "step_stats": []}
+    summaries = {}
+    for m in models:
+        loader, classes = val_loader(args, m.model.config)
+        points, centroids, stats, summary = trajectories(m.model, loader, classes, options, args.seed, device)
+        for name, df in (("points", points), ("centroids", centroids), ("step_stats", stats)):
+            tables[name].append(with_model(df, m.label))
+        title = f"{m.label}: CLS state per step (kNN kept {summary['knn_preservation']:.2f}, chance {summary['knn_chance']:.3f})"
+        out.write_figure(f"classes_{m.label}", plot_class_panels(points, title=title))
+        out.write_figure(f"centroids_{m.label}", plot_centroids(centroids, title=f"{m.label}: class centroids (o = step 1)"))
+        summaries[m.label] = summary
+    write_tables(out, tables)
+    out.complete(summary=summaries)
+    print_summary("trajectories", out, summaries)
+    return 0
