@@ -240,3 +240,28 @@ def test_cli_end_to_end_resume_and_force(tmp_path, capsys) -> None:
     assert main(args) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "hit_rates.parquet"), first)
     assert main([*args, "--force"]) == 0
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_single_process(tmp_path) -> None:
+    """Sharding images over two gloo processes gathers the same hit rates as one process."""
+    import os
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    save_model(build_model("bvit_tiny", steps=2), tmp_path / "m")
+    base = ["pointing-game", "--model", str(tmp_path / "m"), "--limit", "24", "--chunk-size", "16",
+            "--overlays", "0", "--device", "cpu"]
+    from bvit_interp.cli import main
+
+    assert main([*base, "--out", str(tmp_path / "one")]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "bvit_interp.cli", *base, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = pd.read_parquet(tmp_path / "one" / "hit_rates.parquet")
+    two = pd.read_parquet(tmp_path / "two" / "hit_rates.parquet")
+    pd.testing.assert_frame_equal(one, two)
+    assert json.loads((tmp_path / "two" / "meta.json").read_text())["world_size"] == 2
