@@ -325,12 +325,47 @@ def model_card(models_dir: str | os.PathLike[str]) -> tuple[str | None, pd.DataF
             "parameters": meta.get("num_params"),
         }
         extra = meta.get("metadata") if isinstance(meta.get("metadata"), dict) else {}
-        for key, value in extra.items():
-            if isinstance(value, (int, float)) and ("acc" in key or "loss" in key):
+        for key, value in _flatten(extra).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and "acc" in key.rsplit(".", 1)[-1]:
                 row[key] = value
         row["weights present"] = (base / f"{path.stem}.safetensors").is_file()
         rows.append(row)
     return text, pd.DataFrame(rows)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "", depth: int = 3) -> dict[str, Any]:
+    """Nested dicts as {"a.b": value} (``depth`` levels)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and depth > 1:
+            out.update(_flatten(value, name + ".", depth - 1))
+        else:
+            out[name] = value
+    return out
+
+
+_MD_IMAGE = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+)\)")
+
+
+def markdown_parts(text: str, base: Path, roots: Sequence[Path]) -> list[tuple[str, str, str]]:
+    """Markdown split into ("md", text, "") and ("image", path, alt text) parts; images resolved against ``base``.
+
+    Images outside ``roots``, missing or remote stay as their alt text (the browser reads nothing else).
+    """
+    parts: list[tuple[str, str, str]] = []
+    pos = 0
+    for match in _MD_IMAGE.finditer(text):
+        parts.append(("md", text[pos:match.start()], ""))
+        src = match["src"]
+        path = base / src
+        if "://" not in src and path.is_file() and is_within(path, roots):
+            parts.append(("image", str(path), match["alt"]))
+        else:
+            parts.append(("md", f"*[{match['alt'] or src}]*", ""))
+        pos = match.end()
+    parts.append(("md", text[pos:], ""))
+    return [p for p in parts if p[0] == "image" or p[1].strip()]
 
 
 def find_checkpoint(entry: dict[str, Any], roots: Sequence[Path], models_dir: Path) -> tuple[Path | None, str]:
@@ -462,6 +497,6 @@ def attention_maps(model: Any, source: Any, indices: Sequence[int], tolerance: f
 __all__ = [
     "ANALYSES", "ANALYSIS_BY_KEY", "AnalysisSpec", "AttentionMaps", "Problem", "RunInfo", "attention_maps",
     "check_meta", "file_key", "find_checkpoint", "figures_for", "find_runs", "for_model", "int_values", "is_within",
-    "load_run", "model_card", "open_data", "read_meta", "read_table", "runs_for", "spec_for",
+    "load_run", "markdown_parts", "model_card", "open_data", "read_meta", "read_table", "runs_for", "spec_for",
     "step_head_filter", "to_csv_bytes",
 ]

@@ -1,0 +1,1 @@
+"""Streamlit helpers of the results browser: configuration, cached loaders, page skeleton, charts."""

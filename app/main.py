@@ -1,0 +1,44 @@
+"""bvit-interp results browser: ``streamlit run app/main.py -- --runs DIR`` (default ``runs/``).
+
+One page per analysis plus an overview; every page reads run directories written by the
+``bvit-interp`` commands and never recomputes an analysis (the pointing page runs the model
+on single images on demand). Options after ``--``: ``--runs DIR``, ``--models DIR``,
+``--data DIR`` (an image root the browser may read), ``--debug``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parent
+if str(APP_DIR) not in sys.path:  # `streamlit run` adds it; AppTest and other runners may not
+    sys.path.insert(0, str(APP_DIR))
+
+import streamlit as st  # noqa: E402
+from lib.config import get_config  # noqa: E402
+
+from bvit_interp.app_support import ANALYSES  # noqa: E402
+
+LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+
+
+def main() -> None:
+    """Configure the page, build the navigation, run the chosen page."""
+    st.set_page_config(page_title="bvit-interp results", page_icon=":material/visibility:", layout="wide")
+    cfg = get_config()
+    pages = {
+        "Results": [st.Page(APP_DIR / "views" / "overview.py", title="Overview", icon=":material/home:",
+                            default=True)],
+        "Analyses": [st.Page(APP_DIR / "views" / f"{spec.key}.py", title=spec.title, icon=spec.icon, url_path=spec.key)
+                     for spec in ANALYSES],
+    }
+    nav = st.navigation(pages)
+    st.sidebar.caption(f"Runs root: `{cfg.runs}`")
+    address = st.get_option("server.address")
+    if address and address not in LOCAL_ADDRESSES:
+        st.sidebar.warning(f"Serving on {address}: anyone who can reach it can read these runs.")
+    nav.run()
+
+
+main()
