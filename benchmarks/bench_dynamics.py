@@ -7,7 +7,7 @@ is also run as the naive loop of full forwards on ``--ablation-limit`` images, a
 printed side by side with their ratio. Wall and process CPU seconds are both reported: on a
 shared machine the CPU time is the steadier number.
 
-    python benchmarks/bench_dynamics.py [--device cpu] [--threads 1] [--limit 256] [--ablation-limit 64]
+    python benchmarks/bench_dynamics.py [--device cpu] [--threads 1] [--limit 256] [--ablation-limit 64] [--ablation-only]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> tu
         "ablation map (fast)": lambda: ablate(model, val, AblationOptions(), device),
     }
     rows = []
-    for analysis, fn in cores.items():
+    for analysis, fn in ({} if args.ablation_only else cores).items():
         wall, cpu = _timed(fn)
         rows.append({"model": name, "weights": weights, "analysis": analysis, "images": args.limit,
                      "wall_s": wall, "cpu_s": cpu, "ms_per_image": 1e3 * wall / args.limit})
@@ -90,6 +90,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward")
     p.add_argument("--device", default="cpu", help="'auto', 'cpu', 'cuda'")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--ablation-only", action="store_true", help="only the fast-vs-naive ablation comparison")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,7 +102,8 @@ def main() -> None:
         comparisons.append(comparison)
     fmt = {"float_format": lambda v: f"{v:.3g}", "index": False}
     print(f"device {device}, torch threads {torch.get_num_threads()}")
-    print(pd.DataFrame(rows).to_string(**fmt))
+    if rows:
+        print(pd.DataFrame(rows).to_string(**fmt))
     print("\nablation map: resumed + batched variants vs a naive loop of full forwards (same images, same numbers)")
     print(pd.DataFrame(comparisons).to_string(**fmt))
 

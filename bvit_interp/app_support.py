@@ -429,6 +429,16 @@ def open_data(description: str, roots: Sequence[Path]):
     return ImageNetSSource(root, split)
 
 
+def class_names(source: Any) -> dict[str, str]:
+    """wnid -> readable class name of a pointing source (the shapes' names; ImageNet-S keeps its wnids)."""
+    from .analysis.sources import ShapesSource
+    from .data.shapes import SHAPE_CLASSES, SHAPE_WNIDS
+
+    if isinstance(source, ShapesSource):
+        return dict(zip(SHAPE_WNIDS, SHAPE_CLASSES, strict=True))
+    return {c: c for c in getattr(source, "categories", [])}
+
+
 # --------------------------------------------------------------------------- attention on demand
 
 
@@ -496,7 +506,7 @@ def attention_maps(model: Any, source: Any, indices: Sequence[int], tolerance: f
 
 __all__ = [
     "ANALYSES", "ANALYSIS_BY_KEY", "AnalysisSpec", "AttentionMaps", "Problem", "RunInfo", "attention_maps",
-    "check_meta", "file_key", "find_checkpoint", "figures_for", "find_runs", "for_model", "int_values", "is_within",
+    "check_meta", "class_names", "file_key", "find_checkpoint", "figures_for", "find_runs", "for_model", "int_values", "is_within",
     "load_run", "markdown_parts", "model_card", "open_data", "read_meta", "read_table", "runs_for", "spec_for",
     "step_head_filter", "to_csv_bytes",
 ]

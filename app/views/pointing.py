@@ -20,7 +20,7 @@ from lib.ui import (
     step_picker,
 )
 
-from bvit_interp.app_support import int_values
+from bvit_interp.app_support import class_names, int_values
 
 N_SAMPLES = 8
 PANEL_PX = 160
@@ -63,12 +63,10 @@ def overview_charts(hr: pd.DataFrame, summary: pd.DataFrame, step: int, head: in
                                           hi=lambda d: d["ci_high"]),
         ])[["step", "series", "value", "lo", "hi"]]
         first = summary.iloc[0]
-        charts.show(charts.step_lines(curves, "step", "value", "series", step, "Hit rate over steps",
-                                          "hit rate", rules={"chance": float(first["chance"]),
-                                                             "centre": float(first["centre"])},
-                                          band=("lo", "hi"), y_domain=(0.0, 1.0),
-                                          colors={"best head": "#1f77b4", "mean over heads": "#7f7f7f",
-                                                  f"head {head}": "#ff2b2b"}))
+        colors = {"best head": "#1f77b4", "mean over heads": "#7f7f7f", f"head {head}": "#ff2b2b"}
+        rules = {"chance": float(first["chance"]), "centre": float(first["centre"])}
+        charts.show(charts.step_lines(curves, "step", "value", "series", step, "Hit rate over steps", "hit rate",
+                                      rules=rules, band=("lo", "hi"), y_domain=(0.0, 1.0), colors=colors))
 
 
 def options_of(ctx: PageContext) -> dict[str, Any]:
@@ -125,9 +123,10 @@ def picker(ctx: PageContext, source: Any, model: Any, key: tuple[str, float], de
         st.info(f"Image {index} cannot be scored: {att.skipped.get(int(index), 'unusable sample')}",
                 icon=":material/info:")
         return
-    classes = getattr(source, "categories", [])
+    wnids = getattr(source, "categories", [])
+    names = class_names(source)
     label, pred = att.labels[0], att.preds[0]
-    name = lambda c: classes[c] if 0 <= c < len(classes) else str(c)  # noqa: E731
+    name = lambda c: names.get(wnids[c], wnids[c]) if 0 <= c < len(wnids) else str(c)  # noqa: E731
     st.caption(f"{att.names[0]}: class {name(label)}, model predicts {name(pred)} "
                f"({att.confidence[0]:.2f}){' ✓' if pred == label else ''}")
     layers, heads = att.maps.shape[1], att.maps.shape[2]
@@ -164,8 +163,13 @@ def per_class(ctx: PageContext, step: int, head: int) -> None:
         return
     pc = ctx.table("per_class")
     pc = pc[(pc["step"] == step) & (pc["head"] == head)]
+    try:
+        names = class_names(data.source_for(str(ctx.run.meta.get("data", "")), ctx.cfg.roots))
+    except (ValueError, OSError):
+        names = {}
     if len(pc):
-        charts.show(charts.bars(pc, "wnid", "rate", None, f"Hit rate per class at step {step}, head {head}"))
+        pc = pc.assign(**{"class": pc["wnid"].map(lambda w: names.get(w, w))})
+        charts.show(charts.bars(pc, "class", "rate", None, f"Hit rate per class at step {step}, head {head}"))
 
 
 def render(ctx: PageContext) -> None:

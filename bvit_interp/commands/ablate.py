@@ -26,15 +26,15 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated head ablations from {', '.join(HEAD_MODES)} ('none' is a no-op control)")
     p.add_argument("--no-skip", action="store_true", help="do not run whole-step skips")
     p.add_argument("--steps", type=parse_list, help="comma-separated 1-based steps to ablate (default: all)")
-    p.add_argument("--variants-per-pass", type=int, default=32,
-                   help="ablation variants stacked into one resumed forward (lower it to save memory)")
+    p.add_argument("--max-batch", type=int, default=256,
+                   help="images per resumed forward (a layer's variants are stacked up to this; raise it on GPUs)")
 
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = load_models(args, device)
     options = AblationOptions(modes=tuple(args.modes), skip_steps=not args.no_skip, steps=args.steps,
-                              variants_per_pass=args.variants_per_pass)
+                              max_batch=args.max_batch)
     out = create_run(args, "ablate", models, **options.to_dict())
     tables: dict[str, list] = {"head_ablation": [], "step_ablation": []}
     summaries = {}
