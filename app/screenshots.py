@@ -128,7 +128,7 @@ def full_screenshot(page: Any, paths: Sequence[Path], width: int = 1400) -> None
         "'[data-testid=stMain], [data-testid=stMainBlockContainer], [data-testid=stSidebarContent]')]"
         ".map(e => e.scrollHeight))")
     page.set_viewport_size({"width": width, "height": min(int(height) + 80, 9000)})
-    page.wait_for_timeout(800)
+    page.wait_for_timeout(500)
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(path))

@@ -265,3 +265,11 @@ def test_torchrun_two_processes_match_single_process(tmp_path) -> None:
     two = pd.read_parquet(tmp_path / "two" / "hit_rates.parquet")
     pd.testing.assert_frame_equal(one, two)
     assert json.loads((tmp_path / "two" / "meta.json").read_text())["world_size"] == 2
+
+
+def test_tables_with_several_models_count_each_image_once() -> None:
+    images = pd.DataFrame({"model": ["a", "a", "b", "b"], "image_index": [0, 1, 0, 1], "wnid": ["A", "B", "A", "B"]})
+    points = pd.DataFrame({"model": ["a", "a", "b", "b"], "image_index": [0, 1, 0, 1], "step": 1, "head": 0,
+                           "hit": [True, False, True, True]})
+    rates = hit_rate_table(points, images).set_index("model")
+    assert rates.loc["a", "n"] == 2 and rates.loc["a", "rate"] == 0.5 and rates.loc["b", "rate"] == 1.0

@@ -300,9 +300,15 @@ def wilson_interval(hits: np.ndarray | int, n: np.ndarray | int, z: float = 1.96
     return centre - half, centre + half
 
 
+def _with_class(points: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
+    """Points joined to their image's class; per model when the tables hold several models."""
+    keys = ["model", "image_index"] if "model" in points.columns and "model" in images.columns else ["image_index"]
+    return points.merge(images[[*keys, "wnid"]], on=keys, validate="many_to_one")
+
+
 def hit_rate_table(points: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
     """Step x head hit rates: micro (over images, Wilson 95% interval) and macro (mean of class rates)."""
-    df = points.merge(images[["image_index", "wnid"]], on="image_index")
+    df = _with_class(points, images)
     keys = [k for k in ("model",) if k in df.columns] + ["step", "head"]
     micro = df.groupby(keys)["hit"].agg(n="size", hits="sum").reset_index()
     micro["rate"] = micro["hits"] / micro["n"]
@@ -314,7 +320,7 @@ def hit_rate_table(points: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
 
 def per_class_table(points: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
     """Hit rate per class, step and head."""
-    df = points.merge(images[["image_index", "wnid"]], on="image_index")
+    df = _with_class(points, images)
     keys = [k for k in ("model",) if k in df.columns] + ["wnid", "step", "head"]
     out = df.groupby(keys)["hit"].agg(n="size", hits="sum").reset_index()
     out["rate"] = out["hits"] / out["n"]
