@@ -188,7 +188,7 @@ def ablate(
         loss = F.cross_entropy(flat, yy, reduction="none").reshape(logits.shape[:-1]).double().sum(-1)
         return hits.cpu(), loss.cpu()
 
-    for x, y in batches(loader, device):
+    for x, y in batches(loader, device, desc=f"ablate {model.config.name}"):
         with model.capture("resid_pre") as cache:
             clean = model(x)
         hits, loss = score(clean, y)

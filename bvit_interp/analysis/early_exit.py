@@ -211,7 +211,7 @@ def threshold_sweep(
     steps_hist = np.zeros((len(settings), n_layers + 1))
     heads_run = np.zeros(len(settings))
     n_images, warm = 0, False
-    for x, y in batches(loader, device):
+    for x, y in batches(loader, device, desc=f"exit sweep {model.config.name}"):
         for i, tau in enumerate(settings):
             if not warm:  # untimed warm-up of each setting on the first batch
                 if tau is None:

@@ -52,7 +52,7 @@ def lens_predictions(
     model.eval().to(device)
     max_steps = options.max_steps or default_max_steps(model)
     frames, offset = [], 0
-    for x, y in batches(loader, device):
+    for x, y in batches(loader, device, desc=f"readout {model.config.name}"):
         probs = lens_logits(model, x, max_steps).float().softmax(-1)
         conf, pred = probs.max(-1)
         layers, n = pred.shape

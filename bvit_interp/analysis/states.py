@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from ..model import BViT
 
@@ -50,10 +51,14 @@ def finish(model: BViT, x: torch.Tensor, start: int, stop: int | None = None) ->
     return model.forward_head(model.norm(x))
 
 
-def batches(loader: DataLoader, device: torch.device | str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images, labels) on ``device`` from a loader of (image, label, ...) batches."""
-    for batch in loader:
-        yield batch[0].to(device), batch[1].to(device)
+def batches(loader: DataLoader, device: torch.device | str, desc: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) on ``device`` from a loader of (image, label, ...) batches; ``desc`` shows a progress bar."""
+    dataset = getattr(loader, "dataset", None)
+    total = len(dataset) if desc is not None and hasattr(dataset, "__len__") else None
+    with tqdm(total=total, desc=desc, unit="img", disable=desc is None) as bar:
+        for batch in loader:
+            yield batch[0].to(device), batch[1].to(device)
+            bar.update(len(batch[0]))
 
 
 @torch.no_grad()
@@ -70,7 +75,7 @@ def collect_cls_states(
     """
     model.eval().to(device)
     states, labels = [], []
-    for x, y in batches(loader, device):
+    for x, y in batches(loader, device, desc=f"CLS states {model.config.name}"):
         s = cls_states(model, x, steps)
         if layers is not None:
             s = s[list(layers)]
