@@ -158,6 +158,19 @@ def test_fast_ablation_equals_naive(micro_bvit, micro_images, hybrid) -> None:
             torch.testing.assert_close(fast[-1], skipped, rtol=1e-5, atol=1e-5)
 
 
+def test_skipping_any_step_of_one_shared_block_is_running_one_step_less(micro_images) -> None:
+    """Without time embeddings, a 1-block bViT with step t skipped applies the same block T-1 times, for every t."""
+    torch.manual_seed(0)
+    model = build_model("bvit_micro", reg_tokens=2, time_embed=False).eval()
+    with torch.no_grad():
+        with model.capture("resid_pre") as cache:
+            model(micro_images)
+        shorter = model(micro_images, steps=model.config.steps - 1)
+    for layer in range(model.num_layers()):
+        skipped = abl.resume_ablated(model, cache["resid_pre", layer], layer, [("skip", 0)])[0]
+        torch.testing.assert_close(skipped, shorter, rtol=1e-5, atol=1e-5)
+
+
 def test_zero_ablation_removes_the_heads_contribution(micro_bvit, micro_images) -> None:
     """Zeroing head h of attn.z = zeroing that head's input columns of attn.proj at that step."""
     layer, head, dh = 2, 1, micro_bvit.config.head_dim

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -36,6 +37,11 @@ def plot_ablation_map(heads: pd.DataFrame, steps: pd.DataFrame, title: str = "")
         ax = axes[0][-1]
         ax.barh(steps["step"], steps["drop"], color="C3")
         ax.invert_yaxis()
+        # a common scale with the heatmaps, so a tiny drop reads as tiny
+        lo = min(0.0, float(steps["drop"].min()))
+        ax.set_xlim(lo * 1.1, max(vmax, float(steps["drop"].max())) * 1.1)
+        ax.axvline(0, color="0.5", lw=0.8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
         ax.set_title("skip the step", fontsize=9)
         ax.set_xlabel("accuracy drop")
         ax.set_yticks(steps["step"])
