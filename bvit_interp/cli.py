@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .commands.common import HelpFormatter
+
 # (subcommand, module under bvit_interp.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
     ("pointing-game", "pointing", "score every head at every step on ImageNet-S-style masks (paper Sec. 4.2.2)"),
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
         mod.add_parser(p)
         p.set_defaults(_run=mod.run)
     return parser

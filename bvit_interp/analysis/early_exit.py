@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from ..model import BViT, BViTConfig
 from .states import batches, collect_cls_states, readout
@@ -131,7 +132,7 @@ def train_exit_heads(
     opt = torch.optim.Adam(heads.parameters(), lr=options.lr)
     n = features.shape[1]
     history = []
-    for epoch in range(options.epochs):
+    for epoch in tqdm(range(options.epochs), desc="exit heads", unit="epoch"):
         order = torch.randperm(n, generator=g).to(device)
         sums = torch.zeros(len(heads.layers), dtype=torch.float64)
         for start in range(0, n, options.batch_size):

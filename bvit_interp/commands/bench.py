@@ -13,18 +13,19 @@ from ..benchmarks import RandomSource, bench_hooks, bench_pointing, bench_train
 from ..defaults import DEFAULT_MODEL, model_path, resolve_model
 from ..distributed import DistInfo, resolve_device
 from ..model import build_model
+from .common import HelpFormatter
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     h = sub.add_parser("hooks", help="plain forward vs CLS-row capture vs full-pattern capture (bViT-B, 224 px)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     h.add_argument("--model", default="bvit_b", help="named config (random weights) to time")
     h.add_argument("--batch-size", type=int, default=8, help="images per forward")
     h.add_argument("--repeats", type=int, default=5, help="timed repetitions per variant (median reported)")
     h.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     g = sub.add_parser("pointing-game", help="plain forward vs the full scoring pipeline, bundled model and bViT-B",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     g.add_argument("--images", type=int, default=256, help="images for the bundled model")
     g.add_argument("--images-224", type=int, default=16, help="random 224 px images for bViT-B (0 skips it)")
     g.add_argument("--batch-size", type=int, default=64, help="images per forward")
@@ -32,7 +33,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=0, help="loader workers of the scoring pipeline")
     g.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     t = sub.add_parser("train", help="training images/s for the bundled config and bViT-B at 224 px",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     t.add_argument("--iters", type=int, default=5, help="timed iterations (median reported)")
     t.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")

@@ -26,6 +26,16 @@ from ..results import Run
 DEFAULT_MODELS: tuple[str, ...] = ("bvit_tiny", "vit_tiny")
 
 
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` only where the help text does not already say its default and X is set."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
 def add_common_args(
     p: argparse.ArgumentParser,
     default_out: str,

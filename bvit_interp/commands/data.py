@@ -6,12 +6,13 @@ import argparse
 
 from ..data.export import FORMATS, export_shapes
 from ..data.shapes import ShapesConfig, chance_level
+from .common import HelpFormatter
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     e = sub.add_parser("export-shapes", help="render the shapes split to disk (ImageNet-S layout by default)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     e.add_argument("out", help="output directory (must be empty or new unless --force)")
     e.add_argument("--format", choices=FORMATS, default="imagenet-s", help="on-disk layout")
     e.add_argument("--split", choices=("val", "train"), default="val", help="which split to export")
