@@ -93,7 +93,8 @@ def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 def _optimize_batch(
-    model: BViT, targets: Sequence[Target], o: FeatvizOptions, early_stop: bool, amp: bool
+    model: BViT, targets: Sequence[Target], o: FeatvizOptions, early_stop: bool, amp: bool,
+    on_iteration: Callable[[], object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Optimise one batch of targets: (images (K, n, 3, H, W), history (K, iterations))."""
     ref = next(model.parameters())
@@ -115,6 +116,8 @@ def _optimize_batch(
     use_div = o.diversity > 0 and n > 1
     history = torch.empty(k, o.iterations, device=device)
     for i in range(o.iterations):
+        if on_iteration is not None:
+            on_iteration()
         opt.zero_grad(set_to_none=True)
         images = param()
         x = normalize(augment(images, augment.draw(gens, n, i, o.iterations)), cfg)
@@ -169,10 +172,12 @@ def visualize(
     images = torch.empty(len(targets), options.images_per_target, 3, size, size)
     history = torch.empty(len(targets), options.iterations)
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    with frozen(model):
-        for chunk in tqdm(chunks, desc="featviz", unit="batch", disable=not progress):
+    bar = tqdm(total=len(chunks) * options.iterations, desc=f"featviz ({len(chunks)} batches)", unit="it",
+               disable=not progress)
+    with frozen(model), bar:
+        for chunk in chunks:
             batch = [targets[i] for i in chunk]
-            imgs, hist = _optimize_batch(model, batch, options, early_stop, amp)
+            imgs, hist = _optimize_batch(model, batch, options, early_stop, amp, on_iteration=bar.update)
             images[chunk], history[chunk] = imgs, hist
             if on_batch is not None:
                 on_batch(Visualizations(batch, imgs, hist))
