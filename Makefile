@@ -24,8 +24,10 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
+# small image counts and short schedules, no server (CI, a first look); its own root so a
+# later full `make demo` does not keep the quick runs
 demo-quick: $(VENV)/.installed
-	$(VENV)/bin/bvit-interp demo --quick --out runs/demo
+	$(VENV)/bin/bvit-interp demo --quick --out runs/demo-quick
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/bvit-interp demo --out runs/demo
