@@ -15,10 +15,13 @@ APP_DIR = Path(__file__).resolve().parent
 if str(APP_DIR) not in sys.path:  # `streamlit run` adds it; AppTest and other runners may not
     sys.path.insert(0, str(APP_DIR))
 
+import matplotlib  # noqa: E402
 import streamlit as st  # noqa: E402
 from lib.config import get_config  # noqa: E402
 
 from bvit_interp.app_support import ANALYSES  # noqa: E402
+
+matplotlib.use("Agg")  # figures are rendered to images by the server, never shown in a window
 
 LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
 

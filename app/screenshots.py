@@ -94,17 +94,22 @@ def browser(width: int = 1400, height: int = 1000) -> Iterator[Any]:
             b.close()
 
 
-def wait_done(page: Any, timeout: float = 180.0, settle_ms: int = 500) -> None:
-    """Wait until the page shows its heading and the script has finished running."""
+def wait_done(page: Any, timeout: float = 180.0, settle_ms: int = 2000) -> None:
+    """Wait until the page shows its heading and the script has stayed finished for ``settle_ms``.
+
+    Right after navigation the app reports ``notRunning`` before its script starts; on a busy
+    machine the start can lag by seconds, so one check (or one check after a fixed pause) is
+    not enough: the state must hold over consecutive polls.
+    """
     page.wait_for_selector("h1", timeout=timeout * 1000)
+    polls = max(1, settle_ms // 250)
     page.wait_for_function(
-        "() => { const a = document.querySelector('[data-testid=stApp]');"
-        " return a && a.getAttribute('data-test-script-state') === 'notRunning'; }",
-        timeout=timeout * 1000)
-    page.wait_for_timeout(settle_ms)
-    page.wait_for_function(
-        "() => document.querySelector('[data-testid=stApp]').getAttribute('data-test-script-state') === 'notRunning'",
-        timeout=timeout * 1000)
+        "n => { const a = document.querySelector('[data-testid=stApp]');"
+        " const done = a && a.getAttribute('data-test-script-state') === 'notRunning'"
+        "  && [...document.querySelectorAll('img')].every(i => i.complete);"
+        " window.__bvitSettled = done ? (window.__bvitSettled || 0) + 1 : 0;"
+        " return window.__bvitSettled >= n; }",
+        arg=polls, polling=250, timeout=timeout * 1000)
 
 
 @dataclass

@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    import matplotlib
+
+    matplotlib.use("Agg")  # commands only write figures; the library's plot modules leave the backend alone
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -261,3 +261,25 @@ def test_export_imagefolder_and_refusal(tmp_path: Path) -> None:
         export_shapes(tmp_path / "g", fmt="coco", progress=False)
     with pytest.raises(ValueError, match="limit"):
         export_shapes(tmp_path / "g", config=ShapesConfig(num_val=5), limit=6, progress=False)
+
+
+def test_imagenet_s_folders_get_imagenet_1k_labels_without_a_train_split(tmp_path) -> None:
+    """Analyses read an ImageNet-S-style root with only validation/; a 1000-class model sees ImageNet-1k indices."""
+    from timm.data import ImageNetInfo
+
+    from bvit_interp.commands.common import data_loader
+    from bvit_interp.model import get_config
+
+    info = ImageNetInfo()
+    wnids = [info.index_to_label_name(i) for i in (7, 404, 999)]  # sorted folder order 0, 1, 2
+    for w in wnids:
+        (tmp_path / "validation" / w).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / "validation" / w / f"{w}_1.JPEG")
+    big = get_config("bvit_micro", num_classes=1000)
+    loader, classes = data_loader(str(tmp_path), big, "val", batch_size=8)
+    assert classes == wnids
+    assert next(iter(loader))[1].tolist() == [7, 404, 999]
+    small = get_config("bvit_micro", num_classes=3)  # a model trained on these folders keeps folder indices
+    assert next(iter(data_loader(str(tmp_path), small, "val", batch_size=8)[0]))[1].tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="no train folder"):
+        data_loader(str(tmp_path), small, "train")

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .ablation import drop_matrix  # noqa: E402
+from .figures import subplots
 
 
 def plot_ablation_map(heads: pd.DataFrame, steps: pd.DataFrame, title: str = "") -> Figure:
     """One step x head heatmap of the accuracy drop per head mode, plus a bar per step for skipping it."""
     modes = [m for m in ("zero", "mean", "none") if m in set(heads["mode"])]
     panels = len(modes) + (1 if len(steps) else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(2.6 * panels + 1.5, 4.2), squeeze=False, layout="constrained")
+    fig, axes = subplots(1, panels, figsize=(2.6 * panels + 1.5, 4.2), squeeze=False, layout="constrained")
     mats = [drop_matrix(heads, mode) for mode in modes]
     vmax = max([float(np.nanmax(np.abs(m))) for m in mats] + [1e-3])
     step_labels = sorted(heads["step"].unique())

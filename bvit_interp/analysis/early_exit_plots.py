@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .figures import subplots
+
 
 def plot_tradeoff(sweep: pd.DataFrame) -> Figure:
     """Accuracy vs GFLOPs and vs ms per image, one line per model, thresholds annotated; star = no exit."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig, axes = subplots(1, 2, figsize=(10, 4), layout="constrained")
     for i, (name, df) in enumerate(sweep.groupby("model", sort=False)):
         color = f"C{i}"
         exits = df[~df["no_exit"]].sort_values("threshold")
@@ -35,7 +34,7 @@ def plot_tradeoff(sweep: pd.DataFrame) -> Figure:
 def plot_exit_distribution(distribution: pd.DataFrame, title: str = "") -> Figure:
     """Stacked fraction of images exiting at each step, one bar per threshold."""
     wide = distribution.pivot(index="threshold", columns="step", values="fraction").fillna(0.0)
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = subplots(figsize=(6.5, 3.8))
     bottom = None
     cmap = plt.get_cmap("viridis")
     for j, step in enumerate(wide.columns):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+
+from .figures import subplots
 
 Cell = tuple[int, int]  # (neuron, step)
 
@@ -40,7 +39,7 @@ def grid_figure(
     caption (e.g. the activation ratio) and an optional red box around a patch index."""
     neurons = list(dict.fromkeys(n for n, _ in images))
     steps = sorted({s for _, s in images})
-    fig, axes = plt.subplots(len(neurons), len(steps), squeeze=False,
+    fig, axes = subplots(len(neurons), len(steps), squeeze=False,
                              figsize=(cell_inches * len(steps) + 0.6, cell_inches * 1.15 * len(neurons) + 0.5))
     for r, neuron in enumerate(neurons):
         for c, step in enumerate(steps):
@@ -76,7 +75,7 @@ def neuron_figure(
 ) -> Figure:
     """One neuron: a row per step with the optimised image, then its top-k dataset exemplars (peak patch boxed)."""
     k = max(len(exemplars[s]) for s in steps)
-    fig, axes = plt.subplots(len(steps), k + 1, squeeze=False,
+    fig, axes = subplots(len(steps), k + 1, squeeze=False,
                              figsize=(cell_inches * (k + 1) + 0.6, cell_inches * len(steps) + 0.5))
     for r, step in enumerate(steps):
         _show(axes[r, 0], optimised[step])
@@ -101,7 +100,7 @@ def complexity_figure(per_step: pd.DataFrame) -> Figure:
     """Mean +- std over neurons of hf_energy, spectral_slope, png_bpp and the activation ratio, per step."""
     panels = [("hf_energy", "high-frequency energy"), ("spectral_slope", "spectrum slope"),
               ("png_bpp", "PNG bits / pixel"), ("ratio", "reached / best real")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 2.6))
+    fig, axes = subplots(1, len(panels), figsize=(3.0 * len(panels), 2.6))
     for ax, (col, name) in zip(axes, panels, strict=True):
         ax.errorbar(per_step["step"], per_step[f"{col}_mean"], yerr=per_step[f"{col}_std"].fillna(0),
                     marker="o", markersize=3, capsize=2)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from .figures import subplots
 
 
 def plot_lens(table: pd.DataFrame, horizons: dict[str, int] | None = None) -> Figure:
     """Accuracy (top) and flip rate (bottom) per step, one line per model; dashed line at each horizon."""
-    fig, (ax_acc, ax_flip) = plt.subplots(2, 1, figsize=(6.5, 5.5), sharex=True, height_ratios=(2, 1))
+    fig, (ax_acc, ax_flip) = subplots(2, 1, figsize=(6.5, 5.5), sharex=True, height_ratios=(2, 1))
     groups = table.groupby("model", sort=False) if "model" in table else [("model", table)]
     for i, (name, df) in enumerate(groups):
         color = f"C{i}"

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .figures import subplots
+
 
 def curves_figure(summary: pd.DataFrame) -> Figure:
     """Mean over heads (a) and best head (b) hit rate per step, with chance and centre baselines."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(10, 3.8), sharey=True)
     models = summary["model"].unique() if "model" in summary else [None]
     for i, model in enumerate(models):
         g = summary if model is None else summary[summary["model"] == model]
@@ -43,7 +42,7 @@ def heatmap_figure(hit_rates: pd.DataFrame, model: str | None = None, column: st
     """Step x head hit-rate matrix of one model (Figs. 10-12)."""
     g = hit_rates if model is None else hit_rates[hit_rates["model"] == model]
     mat = g.pivot(index="step", columns="head", values=column)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * mat.shape[1], 1 + 0.35 * mat.shape[0]))
+    fig, ax = subplots(figsize=(1.2 + 0.45 * mat.shape[1], 1 + 0.35 * mat.shape[0]))
     im = ax.imshow(mat.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for (i, j), v in np.ndenumerate(mat.to_numpy()):
         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
@@ -71,7 +70,7 @@ def overlay_figure(
     ``maps`` is (images, steps, H, W) already upsampled to the image; ``points`` (images, steps, 2).
     """
     n_img, n_steps = maps.shape[:2]
-    fig, axes = plt.subplots(n_img, n_steps + 1, figsize=(1.6 * (n_steps + 1), 1.6 * n_img), squeeze=False)
+    fig, axes = subplots(n_img, n_steps + 1, figsize=(1.6 * (n_steps + 1), 1.6 * n_img), squeeze=False)
     for r in range(n_img):
         axes[r, 0].imshow(images[r])
         axes[r, 0].contour(masks[r], levels=[0.5], colors="w", linewidths=0.8)

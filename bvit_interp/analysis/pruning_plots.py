@@ -7,15 +7,13 @@ lower row of Fig. 5 are the expectations for random masks of the same densities.
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .figures import subplots
 from .pruning import ALL  # noqa: E402
 
 PANEL_TYPES = {"A": ("qkv", "MHSA qkv"), "B": ("proj", "MHSA projection"), "C": ("fc1", "FFN in (fc1)"), "D": ("fc2", "FFN out (fc2)")}
@@ -38,7 +36,7 @@ def utilization_figure(util: pd.DataFrame, summary: pd.DataFrame) -> Figure:
     types = list(util["layer_type"].unique())
     steps = int(util["utilization"].max())
     cmap = plt.get_cmap("viridis", steps)
-    fig, axes = plt.subplots(2, len(types), figsize=(3.2 * len(types), 6.5), sharey=True, squeeze=False,
+    fig, axes = subplots(2, len(types), figsize=(3.2 * len(types), 6.5), sharey=True, squeeze=False,
                              layout="constrained")
     for col, kind in enumerate(types):
         g = util[(util["layer_type"] == kind) & (util["utilization"] > 0)]
@@ -105,7 +103,7 @@ def _jaccard_panel(ax: Axes, summary: pd.DataFrame, title: str) -> None:
 
 def pruning_figure(steps_df: pd.DataFrame, summary: pd.DataFrame, rounds: pd.DataFrame) -> Figure:
     """Fig. 14 A-F: specialization per step for qkv, proj, fc1, fc2; accuracy; Jaccard."""
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig, axes = subplots(2, 3, figsize=(15, 8.5))
     flat = axes.ravel()
     present = set(steps_df["layer_type"])
     for ax, (letter, (kind, title)) in zip(flat[:4], PANEL_TYPES.items(), strict=True):

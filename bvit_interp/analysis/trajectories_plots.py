@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from .figures import subplots
 
 
 def plot_class_panels(points: pd.DataFrame, title: str = "", max_cols: int = 5, max_panels: int = 20) -> Figure:
@@ -18,7 +18,7 @@ def plot_class_panels(points: pd.DataFrame, title: str = "", max_cols: int = 5, 
     n = len(classes)
     cols = min(max_cols, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows + 0.4), squeeze=False,
+    fig, axes = subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows + 0.4), squeeze=False,
                              sharex=True, sharey=True)
     steps = int(points["step"].max())
     norm = matplotlib.colors.Normalize(vmin=1, vmax=steps)
@@ -42,7 +42,7 @@ def plot_class_panels(points: pd.DataFrame, title: str = "", max_cols: int = 5, 
 
 def plot_centroids(centroids: pd.DataFrame, title: str = "") -> Figure:
     """All class centroid paths in one panel: a line per class from step 1 (circle) to the last step (arrow)."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = subplots(figsize=(5.5, 5))
     cmap = plt.get_cmap("tab10" if centroids["label"].nunique() <= 10 else "tab20")
     for i, ((_, name), path) in enumerate(centroids.sort_values("step").groupby(["label", "class"], sort=True)):
         color = cmap(i % cmap.N)

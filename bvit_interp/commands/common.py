@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..data.datasets import build_datasets
+from ..data.datasets import ImageNetLabels, build_datasets
 from ..data.transforms import eval_transform
 from ..defaults import DEFAULT_DATA, model_label, resolve_model
 from ..model import BViT, BViTConfig
@@ -131,14 +131,20 @@ def data_loader(
     batch_size: int = 64,
     workers: int = 0,
 ) -> tuple[DataLoader, list[str]]:
-    """(loader of (image, label) batches, class names) for a split with the model's eval transform, in order."""
+    """(loader of (image, label) batches, class names) for a split with the model's eval transform, in order.
+
+    A 1000-class model on wnid-named class folders that are not the full ImageNet-1k set (an
+    ImageNet-S subset) gets ImageNet-1k label indices, not the folders' sorted positions.
+    """
     tf = eval_transform(config)
-    bundle = build_datasets(data, tf, tf)
+    bundle = build_datasets(data, tf, tf, require_train=split == "train")
     if len(bundle.classes) > config.num_classes:
         raise ValueError(
             f"--data {data} has {len(bundle.classes)} classes but model {config.name!r} predicts {config.num_classes}"
         )
     dataset = bundle.train if split == "train" else bundle.val
+    if config.num_classes == 1000 and hasattr(dataset, "target_transform") and ImageNetLabels.applies(bundle.classes):
+        dataset.target_transform = ImageNetLabels(bundle.classes)
     subset = Subset(dataset, subset_indices(len(dataset), limit, seed))  # type: ignore[arg-type]
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers)
     return loader, bundle.classes

@@ -28,10 +28,32 @@ class DataSpecError(ValueError):
 class DataBundle:
     """Train and validation datasets of one spec, with their class names."""
 
-    train: Dataset
+    train: Dataset | None  # None when only the validation split was asked for and there is none to train on
     val: Dataset
     classes: list[str]
     spec: str
+
+
+class ImageNetLabels:
+    """Folder index -> ImageNet-1k index, for class folders named by wnid (e.g. ImageNet-S919's 919 folders)."""
+
+    def __init__(self, wnids: list[str]) -> None:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        index = {info.index_to_label_name(i): i for i in range(info.num_classes())}
+        unknown = [w for w in wnids if w not in index]
+        if unknown:
+            raise DataSpecError(f"class folders that are not ImageNet-1k wnids: {unknown[:5]}")
+        self.targets = [index[w] for w in wnids]
+
+    def __call__(self, folder_index: int) -> int:
+        return self.targets[folder_index]
+
+    @staticmethod
+    def applies(wnids: list[str]) -> bool:
+        """Whether every class name looks like an ImageNet wnid (n + 8 digits)."""
+        return bool(wnids) and all(len(w) == 9 and w[0] == "n" and w[1:].isdigit() for w in wnids)
 
 
 def clutter_config(config: ShapesConfig, level: float) -> ShapesConfig:
@@ -110,8 +132,13 @@ def build_datasets(
     eval_transform: Callable[[Any], Any] | None,
     shapes_config: ShapesConfig | None = None,
     curriculum_epochs: float = 0.0,
+    require_train: bool = True,
 ) -> DataBundle:
-    """Resolve a dataset spec into train/val datasets with the given transforms."""
+    """Resolve a dataset spec into train/val datasets with the given transforms.
+
+    ``require_train=False`` accepts an ImageFolder root with only a validation split
+    (``val/`` or ``validation/``, e.g. ImageNet-S); the bundle's ``train`` is then None.
+    """
     if spec == "shapes":
         cfg = shapes_config or ShapesConfig()
         return DataBundle(
@@ -142,11 +169,13 @@ def build_datasets(
     for split, names in (("train", ("train",)), ("val", ("val", "validation"))):
         found = next((root / n for n in names if (root / n).is_dir()), None)
         if found is None:
+            if split == "train" and not require_train:
+                continue
             raise DataSpecError(f"{root} has no {'/'.join(names)} folder (ImageFolder layout: ROOT/train/<class>/...)")
         _check_image_folder(found)
         split_dirs[split] = found
-    train = ImageFolder(str(split_dirs["train"]), transform=train_transform)
     val = ImageFolder(str(split_dirs["val"]), transform=eval_transform)
-    if train.classes != val.classes:
+    train = ImageFolder(str(split_dirs["train"]), transform=train_transform) if "train" in split_dirs else None
+    if train is not None and train.classes != val.classes:
         raise DataSpecError(f"{root}: train and val class folders differ")
-    return DataBundle(train, val, list(train.classes), spec)
+    return DataBundle(train, val, list(val.classes), spec)
