@@ -76,10 +76,37 @@ def lens_table(run: Run) -> pd.DataFrame:
     return s.pivot(index="step", columns="model", values="accuracy").reset_index()
 
 
+def early_exit_table(run: Run) -> pd.DataFrame:
+    return run.read_table("sweep")[["model", "threshold", "accuracy", "mean_steps", "gflops", "ms_per_image"]]
+
+
+def featviz_table(run: Run) -> pd.DataFrame:
+    return run.read_table("complexity")[["step", "ratio_mean", "hf_energy_mean", "spectral_slope_mean", "png_bpp_mean", "n"]]
+
+
+def prune_table(run: Run) -> pd.DataFrame:
+    s = run.read_table("summary")
+    s = s[s["layer_type"] == "all"][["round", "mask_sparsity", "weight_sparsity", "jaccard", "jaccard_random",
+                                      "specialization", "specialization_random"]]
+    r = run.read_table("rounds")[["round", "val_acc", "time_train_s", "time_grafts_s", "time_prune_s", "time_eval_s"]]
+    return s.merge(r, on="round")
+
+
+def ablation_table(run: Run) -> pd.DataFrame:
+    heads = run.read_table("head_ablation")
+    late = heads["step"] > 3
+    return (heads.assign(steps=late.map({False: "1-3", True: "4+"}))
+            .groupby(["model", "mode", "steps"])["drop"].agg(["max", "mean"]).reset_index())
+
+
 TABLES: list[tuple[str, str, Callable[[Run], pd.DataFrame]]] = [
     ("pointing", "Pointing game: best-head and mean-over-heads hit rate per step", pointing_table),
+    ("featviz", "Feature visualization: activation ratio and image complexity per step", featviz_table),
     ("svd", "Zero-shot truncated SVD of fc1, fc2: accuracy per rank", svd_table),
+    ("prune", "Step-masked pruning per round (all layer types)", prune_table),
     ("lens", "Readout accuracy after each step", lens_table),
+    ("early_exit", "Early-exit threshold sweep", early_exit_table),
+    ("ablate", "Head ablation: accuracy drop at steps 1-3 vs later", ablation_table),
 ]
 
 

@@ -255,6 +255,7 @@ def score_model(
         patch_attn = rows[..., npt:]
         xs, ys, tied = attention_points(patch_attn, grid, ps, options.point)
         xs, ys, tied = xs.cpu().numpy(), ys.cpu().numpy(), tied.cpu().numpy()
+        mass = prefix_mass.cpu().numpy()
         n_layers, _, n_heads = xs.shape
         step_idx, head_idx = np.meshgrid(np.arange(1, n_layers + 1), np.arange(n_heads), indexing="ij")
         for b, prep in enumerate(prepared):
@@ -264,15 +265,9 @@ def score_model(
                 attn_np = patch_attn[:, b].cpu().numpy()
                 for s, h in zip(*np.nonzero(tied[:, b]), strict=True):
                     hit[s, h] = _any_tie_hits(attn_np[s, h], grid, ps, prep, options.frame, options.tolerance)
-            points.append(pd.DataFrame({
-                "image_index": prep.index,
-                "step": step_idx.ravel(),
-                "head": head_idx.ravel(),
-                "x": fx.ravel(),
-                "y": fy.ravel(),
-                "hit": hit.ravel(),
-                "prefix_mass": prefix_mass[:, b].cpu().numpy().ravel(),
-            }))
+            # plain arrays per image, one DataFrame at the end (a frame per image costs as much as its scoring)
+            points.append((np.full(step_idx.size, prep.index), step_idx.ravel(), head_idx.ravel(),
+                           fx.ravel(), fy.ravel(), hit.ravel(), mass[:, b].ravel()))
             images.append({
                 "image_index": prep.index, "name": prep.name, "wnid": prep.wnid, "label": prep.label,
                 "width": prep.width, "height": prep.height, "mask_fraction": prep.mask_fraction,
@@ -281,8 +276,9 @@ def score_model(
     bar.close()
     point_cols = ["image_index", "step", "head", "x", "y", "hit", "prefix_mass"]
     image_cols = ["image_index", "name", "wnid", "label", "width", "height", "mask_fraction", "chance", "centre_hit"]
+    columns = [np.concatenate(parts) for parts in zip(*points, strict=True)] if points else None
     return (
-        pd.concat(points, ignore_index=True) if points else pd.DataFrame(columns=point_cols),
+        pd.DataFrame(dict(zip(point_cols, columns, strict=True))) if columns else pd.DataFrame(columns=point_cols),
         pd.DataFrame(images, columns=image_cols),
         pd.DataFrame(skipped, columns=["index", "name", "reason", "detail"]),
     )
