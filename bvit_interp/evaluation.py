@@ -23,7 +23,7 @@ def evaluate_accuracy(
     correct = torch.zeros(2, dtype=torch.float64, device=device)
     for batch in loader:
         images, labels = batch[0].to(device), batch[1].to(device)
-        with torch.autocast(device_type=torch.device(device).type, enabled=amp):
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
             logits = model(images, steps=steps) if steps is not None else model(images)
         correct[0] += (logits.argmax(-1) == labels).sum()
         correct[1] += labels.numel()

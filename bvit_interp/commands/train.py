@@ -13,6 +13,20 @@ def _pair(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _kwargs(items: list[str]) -> dict[str, object]:
+    """['img_size=48', 'time_embed=true'] -> {'img_size': 48, 'time_embed': True} (JSON values, else strings)."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-kwargs: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="bvit_tiny", help="named config (bvit_tiny, vit_tiny, bvit_b, vit_s_2b6s, ...)")
     p.add_argument("--data", default="shapes", help="'shapes', 'cifar10:ROOT', 'cifar100:ROOT' or an ImageFolder root with train/ and val/")
@@ -37,6 +51,21 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-grad", type=float, help="gradient-norm clipping (0 disables)")
     p.add_argument("--shapes-train-size", type=int, default=50_000, help="shapes images per epoch (fresh images every epoch)")
     p.add_argument("--curriculum-epochs", type=float, default=0.0, help="shapes only: ramp background clutter from none (epoch 0) to full over this many epochs")
+    p.add_argument("--shapes-version", type=int, default=0,
+                   help="shapes dataset version (1: 32 px originals, 2: small objects anywhere at 48 px; 0: the default)")
+    p.add_argument("--model-kwargs", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides as timm's --model-kwargs, e.g. img_size=48 patch_size=6 embed_dim=192")
+    p.add_argument("--pos-embed", choices=("learned", "sincos"), default="learned",
+                   help="position embedding: learned (timm) or a fixed 2-D sin-cos table (frozen)")
+    p.add_argument("--init", choices=("timm", "mimetic"), default="timm",
+                   help="weight init: timm's, or mimetic attention init (Trockman & Kolter 2023)")
+    p.add_argument("--aux-loc", type=float, default=0.0,
+                   help="weight of the dense relative-localisation loss (Liu et al. 2021); 0 disables")
+    p.add_argument("--teacher", metavar="PATH|timm:ARCH",
+                   help="distil from this checkpoint, or train the timm CNN ARCH on the same shapes data first")
+    p.add_argument("--distill", choices=("soft", "hard"), default="soft", help="distillation target")
+    p.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the distillation term")
+    p.add_argument("--distill-tau", type=float, default=2.0, help="soft-distillation temperature")
     p.add_argument("--num-classes", type=int, help="override the model's number of classes")
     p.add_argument("--val-limit", type=int, help="evaluate on the first N validation images only")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
@@ -54,9 +83,12 @@ def run(args: argparse.Namespace) -> int:
         "model", "data", "out", "recipe", "epochs", "batch_size", "base_lr", "lr", "weight_decay",
         "warmup_epochs", "warmup_factor", "label_smoothing", "mixup", "cutmix", "ema_decay", "crop_scale",
         "crop_ratio", "hflip", "rand_augment", "reprob", "clip_grad", "shapes_train_size", "curriculum_epochs", "val_limit",
-        "workers", "device", "seed", "resume", "force", "save_name",
+        "workers", "device", "seed", "resume", "force", "save_name", "shapes_version", "pos_embed", "init",
+        "aux_loc", "teacher", "distill", "distill_alpha", "distill_tau",
     )}
-    overrides = {"num_classes": args.num_classes} if args.num_classes else {}
+    overrides = _kwargs(args.model_kwargs)
+    if args.num_classes:
+        overrides["num_classes"] = args.num_classes
     result = train(TrainConfig(**fields, amp=not args.no_amp, model_overrides=overrides))
     print(json.dumps({k: result[k] for k in ("val_acc", "weights", "train_time_s", "samples_seen", "hardware")}, indent=2))
     return 0

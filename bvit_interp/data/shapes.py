@@ -60,6 +60,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 class ShapesConfig:
     """Everything that determines the shapes dataset; sizes are fractions of ``img_size``."""
 
+    version: int = 1  # 1: the original 32 px set; 2: small objects anywhere (see SHAPES_VERSIONS)
     img_size: int = 32
     num_train: int = 50_000  # length of one training "epoch"
     num_val: int = 2_000
@@ -81,6 +82,8 @@ class ShapesConfig:
 
     def __post_init__(self) -> None:
         """Validate ranges early so that a bad config fails before any rendering."""
+        if self.version not in SHAPES_VERSIONS:
+            raise ValueError(f"unknown shapes version {self.version}; known: {sorted(SHAPES_VERSIONS)}")
         if self.img_size < 8:
             raise ValueError(f"img_size must be >= 8, got {self.img_size}")
         if self.supersample < 1:
@@ -114,13 +117,45 @@ class ShapesConfig:
         }
 
     @classmethod
+    def preset(cls, version: int = 0, **overrides: Any) -> ShapesConfig:
+        """The config of dataset ``version`` (0: ``DEFAULT_SHAPES_VERSION``) with ``overrides``."""
+        version = version or DEFAULT_SHAPES_VERSION
+        if version not in SHAPES_VERSIONS:
+            raise ValueError(f"unknown shapes version {version}; known: {sorted(SHAPES_VERSIONS)}")
+        return cls(**{**SHAPES_VERSIONS[version], **overrides})
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShapesConfig:
-        """Inverse of ``to_dict``; unknown keys raise so that stale metadata is noticed."""
+        """Inverse of ``to_dict`` (metadata without ``version`` is v1); unknown keys raise."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown ShapesConfig fields: {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+# Each version's values that differ from the dataclass defaults (= version 1). Version 2
+# (issue 14): at 48 px, objects of radius 11-18% of the image (5.3-8.6 px, about v1's pixel
+# size) may sit anywhere, so the image centre is a weak pointing baseline (v1's objects, radius
+# 17-28% kept fully inside, always covered the centre); strokes, bars, lines and blobs keep
+# v1's sizes in pixels, and the clutter counts grow with the area (2.25x). A v2 model uses patch
+# 6 (an 8 x 8 grid: 64 patch tokens, the same compute as v1's 32 px / patch 4).
+SHAPES_VERSIONS: dict[int, dict[str, Any]] = {
+    1: {"version": 1},
+    2: {
+        "version": 2,
+        "img_size": 48,
+        "radius_range": (0.11, 0.18),
+        "stroke": 0.047,
+        "bar_width": 0.06,
+        "num_lines": (3, 6),
+        "line_width_range": (0.013, 0.03),
+        "line_length_range": (0.2, 0.55),
+        "num_blobs": (2, 5),
+        "blob_radius_range": (0.055, 0.09),
+    },
+}
+DEFAULT_SHAPES_VERSION = 1  # what `shapes` means: the version the bundled models were trained on
 
 
 @dataclass
