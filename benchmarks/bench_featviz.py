@@ -18,23 +18,15 @@ import argparse
 import time
 from collections.abc import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 
 from bvit_interp import build_model
-from bvit_interp.analysis.featviz import FeatvizOptions, Target, TransformOptions, visualize
+from bvit_interp.analysis.featviz import FeatvizOptions, TransformOptions, visualize
+from bvit_interp.benchmarks import spread_targets
 from bvit_interp.commands.common import resolve_device
 from bvit_interp.defaults import DEFAULT_MODEL, resolve_model
 from bvit_interp.model import BViT
-
-
-def spread_targets(model: BViT, k: int, seed: int = 0) -> list[Target]:
-    """K targets with steps evenly spread over 1..T and random neurons (seeded)."""
-    hidden = model.blocks[0].mlp.fc1.out_features
-    steps = np.linspace(1, model.num_layers(), k).round().astype(int)
-    neurons = np.random.default_rng(seed).choice(hidden, size=k, replace=False)
-    return [Target(int(n), int(s)) for n, s in zip(neurons, steps, strict=True)]
 
 
 def _timed(fn: Callable[[], object], device: torch.device, clock: str) -> float:

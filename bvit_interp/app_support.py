@@ -457,18 +457,28 @@ class AttentionMaps:
     preds: list[int]
     confidence: list[float]
     skipped: dict[int, str]
+    excluded: np.ndarray | None = None  # (N, L, H) bool: point on an ignore pixel under ignore="exclude"
 
 
 def attention_maps(model: Any, source: Any, indices: Sequence[int], tolerance: float = 0.0,
-                   point: str = "center", steps: int | None = None) -> AttentionMaps:
-    """Run ``model`` on ``source`` images and collect the CLS attention of every step and head."""
+                   point: str = "center", steps: int | None = None, ignore: str = "miss") -> AttentionMaps:
+    """Run ``model`` on ``source`` images and collect the CLS attention of every step and head.
+
+    Hits follow the scorer's rule (``analysis.pointing.within_tolerance``, TorchRay's strict
+    ``distance < tolerance``; tolerance 0 = inside the mask) in the model's crop frame.
+    """
     import torch
 
-    from .analysis.pointing import PointingOptions, attention_points, prepare_image
+    from .analysis.pointing import (
+        PointingOptions,
+        attention_points,
+        prepare_image,
+        within_tolerance,
+    )
     from .data.imagenet_s import SampleError
 
     cfg = model.config
-    opts = PointingOptions(tolerance=tolerance, point=point, frame="crop", steps=steps)
+    opts = PointingOptions(tolerance=tolerance, point=point, frame="crop", steps=steps, ignore=ignore)
     preps, skipped = [], {}
     for i in indices:
         try:
@@ -491,7 +501,11 @@ def attention_maps(model: Any, source: Any, indices: Sequence[int], tolerance: f
     px = np.clip(np.floor(pts[..., 0]).astype(int), 0, cfg.img_size - 1)
     py = np.clip(np.floor(pts[..., 1]).astype(int), 0, cfg.img_size - 1)
     n_idx = np.arange(len(preps))[:, None, None]
-    hits = dist[n_idx, py, px] <= tolerance
+    hits = within_tolerance(dist[n_idx, py, px], tolerance)
+    excluded = np.zeros_like(hits)
+    if ignore == "exclude":
+        excluded = np.stack([p.ignored for p in preps])[n_idx, py, px]
+        hits &= ~excluded
     mean, std = np.array(cfg.mean)[:, None, None], np.array(cfg.std)[:, None, None]
     images = np.stack([np.clip((p.tensor.numpy() * std + mean).transpose(1, 2, 0), 0, 1) for p in preps])
     probs = torch.softmax(logits.float(), -1)
@@ -500,7 +514,7 @@ def attention_maps(model: Any, source: Any, indices: Sequence[int], tolerance: f
         indices=[p.index for p in preps], names=[p.name for p in preps], labels=[p.label for p in preps],
         images=images.astype(np.float32), masks=dist == 0,
         maps=patch.reshape(*patch.shape[:3], g, g).numpy(), points=pts, hits=hits,
-        preds=pred.tolist(), confidence=conf.tolist(), skipped=skipped,
+        preds=pred.tolist(), confidence=conf.tolist(), skipped=skipped, excluded=excluded,
     )
 
 

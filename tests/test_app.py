@@ -364,3 +364,20 @@ def test_half_written_old_and_unreadable_runs(roots: Roots, monkeypatch: pytest.
     assert_clean(at)
     assert any("older version" in w for w in texts(at.warning))
     assert not at.get("download_button")
+
+
+@pytest.mark.parametrize(("page", "table"), [("pointing", "hit_rates"), ("pointing", "summary"), ("lens", "lens")])
+def test_truncated_table_shows_an_error_naming_the_file(roots: Roots, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path, page: str, table: str) -> None:
+    """A half-written parquet table is an error box naming the file, never a traceback; the page still renders."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(roots.runs / page, runs / page)
+    path = runs / page / f"{table}.parquet"
+    path.write_bytes(path.read_bytes()[:100])
+    at = open_app(monkeypatch, runs, roots.models, page)
+    assert not at.exception, texts(at.exception)
+    errors = texts(at.error)
+    assert errors and all(f"{table}.parquet" in e for e in errors), errors
+    assert texts(at.title) == [TITLES[page]] and "Tables" in texts(at.subheader)

@@ -228,8 +228,27 @@ def test_flops_reproduce_paper_table5() -> None:
     """Linear layers only, 2 FLOPs per MAC: ViT-B/16 at 224 px is the 33.70 GFLOPs of Table 5."""
     cfg = get_config("vit_b")
     assert round(flops_per_image(cfg, include_attention=False) / 1e9, 2) == 33.70
-    assert flops_per_image(cfg) > flops_per_image(cfg, include_attention=False)
+    assert flops_per_image(cfg) == flops_per_image(cfg, include_attention=False)  # the paper's convention by default
+    assert round(flops_per_image(cfg, include_attention=True) / 1e9, 1) == 35.1
     assert flops_per_image(get_config("bvit_b"), include_attention=False) == flops_per_image(cfg, include_attention=False)
+
+
+def test_early_exit_defaults_are_the_papers() -> None:
+    """50 epochs of exit-head training (App. B) and GFLOPs without the attention matmuls (Table 5), in the API and CLI."""
+    import argparse
+
+    from bvit_interp.analysis.early_exit import EarlyExitOptions, layer_flops
+    from bvit_interp.commands.early_exit import add_parser
+
+    options = EarlyExitOptions()
+    assert options.epochs == 50 and options.include_attention is False
+    cfg = get_config("vit_b")
+    assert layer_flops(cfg) == layer_flops(cfg, include_attention=False)
+    parser = argparse.ArgumentParser()
+    add_parser(parser)
+    args = parser.parse_args([])
+    assert args.epochs == 50 and args.include_attention is False
+    assert parser.parse_args(["--include-attention"]).include_attention is True
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -239,3 +239,41 @@ def test_cli_end_to_end(tmp_path, capsys):
     sorted((out / "parts").glob("*.npz"))[0].unlink()
     assert main(argv) == 0
     torch.testing.assert_close(np.load(out / "featviz.npz")["images"], arrays["images"], rtol=0, atol=0)
+
+
+def test_random_control_neurons_in_cli_and_demo(tmp_path, capsys):
+    """--control-random N adds N seeded random neurons (none of the selected) beside --top, labelled in every table."""
+    from pathlib import Path
+
+    from bvit_interp.analysis.featviz import Exemplars, step_dependence
+    from bvit_interp.cli import main
+    from bvit_interp.commands.demo import plan
+
+    torch.manual_seed(0)
+    save_model(build_model("bvit_micro", num_classes=10), tmp_path / "m")
+    out = tmp_path / "run"
+    argv = ["featviz", "--model", str(tmp_path / "m"), "--top", "1", "--control-random", "2", "--steps", "1", "3",
+            "--iterations", "2", "--copies", "1", "--exemplars-limit", "24", "--exemplars-k", "3", "--batch-size", "8",
+            "--device", "cpu", "--seed", "5", "--out", str(out)]
+    assert main(argv) == 0
+    exemplars = Exemplars.from_arrays(dict(np.load(out / "exemplars_all.npz")))
+    top = exemplars.most_variable(1)
+    control = exemplars.random_neurons(2, 5, exclude=top)
+    assert len(set(control)) == 2 and not set(control) & set(top) and control == exemplars.random_neurons(2, 5, top)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["options"]["control_random"] == 2 and meta["control_neurons"] == control
+    table = pd.read_parquet(out / "targets.parquet")
+    assert dict(zip(table["neuron"], table["selection"], strict=True)) == {top[0]: "top", **dict.fromkeys(control, "random")}
+    chosen = pd.read_parquet(out / "selection.parquet").set_index("neuron")
+    assert list(chosen.index) == [*top, *control]
+    # step dependence against a direct computation from the exemplar arrays
+    expected = step_dependence(exemplars, [*top, *control], [1, 3])
+    for row in expected.itertuples():
+        a, b = (set(exemplars.indices[layer, row.neuron].tolist()) for layer in (0, 2))
+        assert row.exemplar_jaccard == pytest.approx(len(a & b) / len(a | b))
+        spread = np.std([float(exemplars.values[layer, row.neuron, 0]) for layer in (0, 2)], ddof=1)
+        assert row.spread == pytest.approx(spread, rel=1e-5)
+        assert chosen.loc[row.neuron, "exemplar_jaccard"] == pytest.approx(row.exemplar_jaccard)
+    assert "random" in capsys.readouterr().out
+    featviz = next(argv for title, argv in plan(Path("runs/x"), ["bvit_tiny"], quick=True) if argv[0] == "featviz")
+    assert "--control-random" in featviz

@@ -283,3 +283,32 @@ def test_imagenet_s_folders_get_imagenet_1k_labels_without_a_train_split(tmp_pat
     assert next(iter(data_loader(str(tmp_path), small, "val", batch_size=8)[0]))[1].tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="no train folder"):
         data_loader(str(tmp_path), small, "train")
+
+
+def test_class_ids_without_categories_file_come_from_the_masks(ims_root: Path) -> None:
+    """No categories file: each folder's class id is the id its masks carry, not its sorted position."""
+    (ims_root / "ImageNetS_categories_im1000.txt").unlink()
+    _add(ims_root, "n00000000_stray", "s_1", None)  # sorts first, no mask: used to shift every id by one
+    ds = ImageNetS(ims_root)
+    by_name = {s.image_path.stem: s for s in ds.samples}
+    assert by_name["a_1"].class_id == 300 and by_name["a_2"].class_id == 300 and by_name["b_1"].class_id == 919
+    assert by_name["a_1"].label == 299 and ds.categories[299] == W300 and ds.categories[918] == W919
+    for stem in ("a_1", "a_2", "b_1"):
+        ds.load(next(i for i, s in enumerate(ds.samples) if s.image_path.stem == stem))
+    with pytest.raises(SampleError, match="unknown_wnid") as info:
+        ds.load(next(i for i, s in enumerate(ds.samples) if s.image_path.stem == "s_1"))
+    assert "categories" in info.value.detail
+
+
+def test_class_ids_from_masks_resolve_shared_ids_and_refuse_conflicts(ims_root: Path) -> None:
+    """A mask holding a second class is resolved by the other folders; two folders claiming one id are refused."""
+    (ims_root / "ImageNetS_categories_im1000.txt").unlink()
+    both = _ids(24, 20, 919)
+    both[20:23, 10:15] = 300  # b_2 holds class 300 too, as ImageNet-S masks may
+    _add(ims_root, W919, "b_0", both)
+    ds = ImageNetS(ims_root)
+    assert {s.wnid: s.class_id for s in ds.samples} == {W300: 300, W919: 919}
+    _add(ims_root, "n00000000_copy", "c_1", _ids(24, 20, 300))
+    with pytest.raises(ValueError, match="categories") as info:
+        ImageNetS(ims_root)
+    assert "n00000000_copy" in str(info.value) and W300 in str(info.value) and "300" in str(info.value)

@@ -183,6 +183,24 @@ def test_forward_intermediates_per_step(micro_bvit, micro_images) -> None:
         torch.testing.assert_close(micro_bvit.forward_head(final), micro_bvit(micro_images))
 
 
+def test_forward_intermediates_include_the_time_embedding(micro_bvit, micro_images) -> None:
+    """-TE: each intermediate is the state the next step receives (resid_post + time embedding), as cls_states."""
+    from bvit_interp.analysis.states import cls_states
+
+    with torch.no_grad():
+        micro_bvit.time_embed.copy_(3 * torch.randn_like(micro_bvit.time_embed))
+        inter = micro_bvit.forward_intermediates(micro_images, output_fmt="NLC", return_prefix_tokens=True,
+                                                 intermediates_only=True)
+        cls = cls_states(micro_bvit, micro_images)
+        with micro_bvit.capture("resid_post") as cache:
+            micro_bvit(micro_images)
+    npt = micro_bvit.num_prefix_tokens
+    for t, (patches, prefix) in enumerate(inter):
+        expected = cache["resid_post", t] + micro_bvit.time_embed[t]
+        torch.testing.assert_close(patches, expected[:, npt:])
+        torch.testing.assert_close(prefix[:, 0], cls[t])
+
+
 def test_config_dict_round_trip() -> None:
     cfg = get_config("bvit_tiny_reg")
     assert type(cfg).from_dict(cfg.to_dict()) == cfg

@@ -57,10 +57,11 @@ def fixture_root(tmp_path):
     return root
 
 
-def _peaked_model(targets: dict[tuple[int, int], int], steps: int = 2, heads: int = 2, regs: int = 1):
+def _peaked_model(targets: dict[tuple[int, int], int], steps: int = 2, heads: int = 2, regs: int = 1,
+                  num_classes: int = 919):
     """A micro model whose CLS attention at (step, head) peaks on patch ``targets[(step, head)]``."""
     torch.manual_seed(0)
-    model = build_model("bvit_micro", steps=steps, num_heads=heads, reg_tokens=regs, num_classes=919).eval()
+    model = build_model("bvit_micro", steps=steps, num_heads=heads, reg_tokens=regs, num_classes=num_classes).eval()
     npt = 1 + regs
 
     def make(step: int):
@@ -273,3 +274,157 @@ def test_tables_with_several_models_count_each_image_once() -> None:
                            "hit": [True, False, True, True]})
     rates = hit_rate_table(points, images).set_index("model")
     assert rates.loc["a", "n"] == 2 and rates.loc["a", "rate"] == 0.5 and rates.loc["b", "rate"] == 1.0
+
+
+# ----------------------------------------------------------------------------- TorchRay's rule, ignore pixels, macro CI
+def torchray_hit(mask: np.ndarray, point: tuple[int, int], tolerance: float) -> bool:
+    """TorchRay's ``PointingGame.evaluate`` (torchray/benchmark/pointing_game.py, v1.0.0.2), transcribed to numpy.
+
+    ``v, u = meshgrid((arange(H) - point[1])**2, (arange(W) - point[0])**2); accept = (v + u) < tolerance**2;
+    hit = (mask & accept).any()`` with ``point = (u, v) = (x, y)`` integer pixel coordinates.
+    """
+    v, u = np.meshgrid((np.arange(mask.shape[0], dtype=np.float32) - point[1]) ** 2,
+                       (np.arange(mask.shape[1], dtype=np.float32) - point[0]) ** 2, indexing="ij")
+    accept = (v + u) < tolerance**2
+    return bool((mask & accept).any())
+
+
+class _ArraySource:
+    """A PointingSource over in-memory 16 x 16 images and class-id masks (class id 1, label 0)."""
+
+    def __init__(self, masks: list[np.ndarray]) -> None:
+        self.masks = masks
+        self.categories = ["n00000000", "n00000001"]
+        self.description = "arrays"
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def name(self, index: int) -> str:
+        return f"n00000000/img{index}.JPEG"
+
+    def load(self, index: int):
+        from bvit_interp.analysis.sources import PointingItem
+
+        image = Image.fromarray(np.full((16, 16, 3), 128, np.uint8))
+        return PointingItem(image, self.masks[index].astype(np.int32), 1, 0, "n00000000", self.name(index))
+
+
+def test_within_tolerance_is_torchrays_strict_disk(fixture_root) -> None:
+    """Every pixel of a fixture mask, several tolerances: the scorer's hit test equals TorchRay's."""
+    from bvit_interp.analysis.pointing import distance_to_target, within_tolerance
+
+    ids = np.array(Image.open(fixture_root / "validation-segmentation" / "n00000299" / "a.png")).astype(np.int32)
+    target = ids[..., 0] + 256 * ids[..., 1] == 300
+    h, w = target.shape
+    for tol in (1, 2, 3, 5, 15, 1.5):
+        ours = within_tolerance(distance_to_target(target, tol), tol)
+        theirs = np.array([[torchray_hit(target, (x, y), tol) for x in range(w)] for y in range(h)])
+        assert (ours == theirs).all(), tol
+    # tolerance 0: TorchRay's disk is empty (nothing hits); here it keeps the paper's "inside the mask"
+    assert (within_tolerance(distance_to_target(target, 0), 0) == target).all()
+    assert not torchray_hit(target, (30, 10), 0)
+
+
+def test_tolerance_boundary_in_scorer_baselines_tie_rule_and_app() -> None:
+    """A point exactly ``tolerance`` px from the mask misses (TorchRay), in points, chance, centre, tie 'any' and the app."""
+    from bvit_interp.app_support import attention_maps
+
+    mask = np.zeros((16, 16), np.int32)
+    mask[6:10, 6:10] = 1
+    source = _ArraySource([mask])
+    target = mask == 1
+    # patch 6 centre = pixel (10, 6): nearest target pixel (9, 6) at distance 1; image centre (8, 8) on the target
+    model, edits = _peaked_model({(0, 0): 6, (0, 1): 6, (1, 0): 6, (1, 1): 6}, num_classes=5)
+    for tol in (1, 2):
+        with model.patch(edits):
+            pts, images, _ = score_model(model, source, PointingOptions(tolerance=tol), progress=False)
+            att = attention_maps(model, source, [0], tolerance=tol)
+        expected = torchray_hit(target, (10, 6), tol)
+        assert expected == (tol == 2)
+        assert (pts["hit"] == expected).all() and (att.hits == expected).all()
+        chance = np.mean([[torchray_hit(target, (x, y), tol) for x in range(16)] for y in range(16)])
+        assert images["chance"].iloc[0] == pytest.approx(chance)
+    assert images["chance"].iloc[0] > 16 / 256  # tolerance 2 dilates; tolerance 1 does not (checked above)
+    # tie 'any': uniform attention, candidate centres at 2, 6, 10, 14; one target pixel at (4, 2), 2 px from two of them
+    one = np.zeros((16, 16), np.int32)
+    one[2, 4] = 1
+    uniform = build_model("bvit_micro", steps=1, num_heads=2, reg_tokens=0).eval()
+    flat = {"steps.0.attn.pattern": lambda p: torch.full_like(p, 1.0 / p.shape[-1])}
+    for tol, expected in ((2, False), (2.5, True)):
+        with uniform.patch(flat):
+            anyp, imgs, _ = score_model(uniform, _ArraySource([one]), PointingOptions(tolerance=tol, tie="any"), progress=False)
+        assert (anyp["hit"] == expected).all()
+        assert bool(imgs["centre_hit"].iloc[0]) == torchray_hit(one == 1, (8, 8), tol)
+
+
+def test_ignore_pixels_miss_or_excluded() -> None:
+    """Default: a point on an ignore pixel is a miss and chance counts ignore pixels; exclude drops both."""
+    from bvit_interp.data.imagenet_s import IGNORE_ID
+
+    mask = np.zeros((16, 16), np.int32)
+    mask[0:4, 0:4] = 1  # target: patch 0
+    mask[4:8, 12:16] = IGNORE_ID  # ignore: patch 7
+    mask[6:10, 6:10] = IGNORE_ID  # ignore under the image centre (8, 8)
+    second = np.zeros((16, 16), np.int32)
+    second[0:4, 0:4] = 1
+    source = _ArraySource([mask, second])
+    # head 0 points at patch 0 (target), head 1 at patch 7 (ignore in image 0, background in image 1)
+    model, edits = _peaked_model({(0, 0): 0, (0, 1): 7, (1, 0): 0, (1, 1): 7}, num_classes=5)
+    with model.patch(edits):
+        miss = score_model(model, source, PointingOptions(), progress=False)
+        excl = score_model(model, source, PointingOptions(ignore="exclude"), progress=False)
+    n_ignore = int((mask == IGNORE_ID).sum())
+    for (points, images, _), rule in ((miss, "miss"), (excl, "exclude")):
+        rates = hit_rate_table(points, images).set_index(["step", "head"])
+        base = baseline_table(images)
+        if rule == "miss":
+            assert not points["excluded"].any()
+            assert (rates.xs(1, level="head")["n"] == 2).all() and (rates.xs(1, level="head")["rate"] == 0).all()
+            assert images["chance"].iloc[0] == pytest.approx(16 / 256)
+            assert base["centre_micro"].iloc[0] == 0.0  # both centres miss, none dropped
+        else:
+            on_ignore = points[(points["image_index"] == 0) & (points["head"] == 1)]
+            assert on_ignore["excluded"].all() and not on_ignore["hit"].any()
+            assert not points.loc[points["head"] == 0, "excluded"].any()
+            assert (rates.xs(1, level="head")["n"] == 1).all()  # only image 1's point counts
+            assert (rates.xs(0, level="head")["n"] == 2).all() and (rates.xs(0, level="head")["rate"] == 1).all()
+            assert images["chance"].iloc[0] == pytest.approx(16 / (256 - n_ignore))
+            assert images["chance"].iloc[1] == pytest.approx(16 / 256)
+            assert bool(images["centre_excluded"].iloc[0]) and not bool(images["centre_excluded"].iloc[1])
+            assert base["centre_micro"].iloc[0] == 0.0 and base["n"].iloc[0] == 2
+        assert (rates.xs(0, level="head")["rate"] == 1).all()
+
+
+def test_macro_rate_gets_its_own_bootstrap_interval() -> None:
+    """hit_rates' macro interval is a seeded bootstrap over classes; the macro summary and curves use it."""
+    from bvit_interp.analysis.pointing import BOOTSTRAP_SAMPLES, step_summary
+
+    rng = np.random.default_rng(3)
+    wnids = np.repeat(["A", "B", "C", "D", "E"], [2, 3, 10, 4, 1])
+    images = pd.DataFrame({"image_index": range(len(wnids)), "wnid": wnids, "chance": 0.1, "centre_hit": False,
+                           "mask_fraction": 0.1})
+    points = pd.concat([pd.DataFrame({"image_index": range(len(wnids)), "step": s, "head": h,
+                                      "hit": rng.random(len(wnids)) < 0.3 + 0.2 * h})
+                        for s in (1, 2) for h in (0, 1)], ignore_index=True)
+    rates = hit_rate_table(points, images, seed=7)
+    for row in rates.itertuples():
+        cell = points[(points["step"] == row.step) & (points["head"] == row.head)].merge(images, on="image_index")
+        class_rates = cell.groupby("wnid")["hit"].mean().sort_index().to_numpy()
+        draws = np.random.default_rng(7).integers(0, len(class_rates), size=(BOOTSTRAP_SAMPLES, len(class_rates)))
+        boot = class_rates[draws].mean(axis=1)
+        lo, hi = np.quantile(boot, [0.025, 0.975])
+        assert row.macro_rate == pytest.approx(class_rates.mean())
+        assert row.macro_ci_low == pytest.approx(lo, abs=1e-12) and row.macro_ci_high == pytest.approx(hi, abs=1e-12)
+        assert row.macro_ci_low <= row.macro_rate <= row.macro_ci_high
+        assert (row.macro_ci_low, row.macro_ci_high) != (row.ci_low, row.ci_high)
+    again = hit_rate_table(points, images, seed=7)
+    pd.testing.assert_frame_equal(rates, again)
+    summary = step_summary(rates, baseline_table(images), "macro")
+    for row in summary.itertuples():
+        best = rates[(rates["step"] == row.step) & (rates["head"] == row.best_head)].iloc[0]
+        assert row.best_rate == best["macro_rate"]
+        assert (row.best_ci_low, row.best_ci_high) == (best["macro_ci_low"], best["macro_ci_high"])
+    micro = step_summary(rates, baseline_table(images), "micro")
+    best = rates.loc[rates[rates["step"] == 1]["rate"].idxmax()]
+    assert micro["best_ci_low"].iloc[0] == best["ci_low"]

@@ -333,3 +333,25 @@ def test_cli_one_round_writes_figures(tmp_path, capsys) -> None:
         assert (out / name).exists(), name
     assert Run(out).is_complete and "mask sparsity" in capsys.readouterr().out
     assert main(args) == 2  # finished: refused without --force
+
+
+def test_readme_paper_prune_example_runs_on_the_g1_model(tmp_path) -> None:
+    """The README's `--preset paper --model-config bvit_prune_g1 --data shapes` line runs (shrunk) and builds App. G.1's model."""
+    import json
+    import shlex
+    from pathlib import Path
+
+    from bvit_interp.cli import main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines()
+                if ln.startswith("bvit-interp prune --preset paper") and "--data shapes" in ln)
+    argv = shlex.split(line.split("#")[0])[1:]
+    out = tmp_path / "g1"
+    tiny = ["--rounds", "0", "--epochs", "0.25", "--batch-size", "16", "--shapes-train-size", "64", "--val-limit", "8",
+            "--train-eval-limit", "8", "--no-random-control", "--device", "cpu", "--out", str(out)]
+    assert main([*argv, *tiny]) == 0
+    config = json.loads((out / "meta.json").read_text())["models"][0]["config"]
+    assert {k: config[k] for k in ("img_size", "patch_size", "embed_dim", "num_heads", "mlp_ratio", "blocks", "steps",
+                                   "num_classes")} == {"img_size": 32, "patch_size": 4, "embed_dim": 256, "num_heads": 8,
+                                                       "mlp_ratio": 4.0, "blocks": 1, "steps": 12, "num_classes": 10}

@@ -131,6 +131,32 @@ def test_cls_ranks_match_numpy_per_step() -> None:
             assert row["entropy_rank"].item() == pytest.approx(er, rel=1e-3)
 
 
+def test_cls_ranks_read_the_state_after_the_time_embedding() -> None:
+    """-TE: the CLS state of a step is what the next step receives (resid_post + time embedding), as states.cls_states."""
+    from bvit_interp.analysis.states import cls_states
+
+    torch.manual_seed(0)
+    model = build_model("bvit_micro", time_embed=True).eval()
+    with torch.no_grad():
+        model.time_embed.copy_(3 * torch.randn_like(model.time_embed))
+    x = torch.randn(40, 3, 16, 16)
+    df = cls_ranks(model, DataLoader(TensorDataset(x, torch.zeros(40, dtype=torch.long)), batch_size=16))
+    with torch.no_grad(), model.capture("resid_post", tokens="cls") as cache:
+        model(x)
+    with torch.no_grad():
+        states = cls_states(model, x)
+    for step in range(1, 5):
+        post_te = cache["resid_post", step - 1][:, 0] + model.time_embed[step - 1]
+        torch.testing.assert_close(states[step - 1], post_te.detach())
+        a = states[step - 1].double().numpy()
+        for centred, m in ((False, a), (True, a - a.mean(0))):
+            row = df[(df["step"] == step) & (df["centred"] == centred)]
+            k, sr, er = _np_measures(m, 0.95)
+            assert row["energy_rank"].item() == k
+            assert row["stable_rank"].item() == pytest.approx(sr, rel=1e-4)
+            assert row["entropy_rank"].item() == pytest.approx(er, rel=1e-3)
+
+
 def test_default_ranks_scale_the_paper() -> None:
     assert default_ranks(768) == list(PAPER_RANKS)
     small = default_ranks(32)

@@ -101,6 +101,6 @@ def source_for(description: str, roots: tuple[Path, ...]) -> Any:
 
 @st.cache_data(max_entries=64, show_spinner="Running the model ...")
 def attention(stem_key: tuple[str, float], description: str, roots: tuple[Path, ...], indices: tuple[int, ...],
-              tolerance: float, point: str, steps: int | None, _model: Any) -> AttentionMaps:
+              tolerance: float, point: str, steps: int | None, _model: Any, ignore: str = "miss") -> AttentionMaps:
     """CLS attention of the model (identified by ``stem_key``) on dataset images, cached per image set."""
-    return attention_maps(_model, source_for(description, roots), list(indices), tolerance, point, steps)
+    return attention_maps(_model, source_for(description, roots), list(indices), tolerance, point, steps, ignore)

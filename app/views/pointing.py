@@ -37,6 +37,9 @@ def metrics(ctx: PageContext, hr: pd.DataFrame, summary: pd.DataFrame, step: int
         cols[0].metric(f"Hit rate, step {step} head {head}", f"{c['rate']:.3f}",
                        help=f"{int(c['hits'])} of {int(c['n'])} images; 95% Wilson CI [{c['ci_low']:.3f}, {c['ci_high']:.3f}]")
         cols[0].caption(f"95% CI [{c['ci_low']:.3f}, {c['ci_high']:.3f}], n = {int(c['n'])}")
+        if "macro_ci_low" in c:
+            cols[0].caption(f"macro {c['macro_rate']:.3f}, 95% bootstrap CI over classes "
+                            f"[{c['macro_ci_low']:.3f}, {c['macro_ci_high']:.3f}]")
     if len(best):
         b = best.iloc[0]
         cols[1].metric(f"Best head at step {step}", f"head {int(b['best_head'])}", f"{b['best_rate']:.3f}",
@@ -70,10 +73,16 @@ def overview_charts(hr: pd.DataFrame, summary: pd.DataFrame, step: int, head: in
 
 
 def options_of(ctx: PageContext) -> dict[str, Any]:
-    """Scoring options of the run (tolerance, point rule, steps) with the paper's defaults."""
+    """Scoring options of the run (tolerance, point rule, steps, ignore rule) with the paper's defaults."""
     opts = ctx.run.meta.get("options") or {}
     return {"tolerance": float(opts.get("tolerance") or 0.0), "point": str(opts.get("point") or "center"),
-            "steps": opts.get("steps"), "frame": str(opts.get("frame") or "original")}
+            "steps": opts.get("steps"), "frame": str(opts.get("frame") or "original"),
+            "ignore": str(opts.get("ignore") or "miss")}
+
+
+def verdict(hit: bool, excluded: bool = False) -> str:
+    """Caption word of a scored point."""
+    return "excluded (ignore pixel)" if excluded else "hit" if hit else "miss"
 
 
 def attention_section(ctx: PageContext, step: int, head: int) -> None:
@@ -98,16 +107,19 @@ def attention_section(ctx: PageContext, step: int, head: int) -> None:
     if not sample:
         sample = list(range(min(N_SAMPLES, len(source))))
     att = data.attention(key, desc, ctx.cfg.roots, tuple(sample), opts["tolerance"], opts["point"], opts["steps"],
-                         _model=model)
+                         _model=model, ignore=opts["ignore"])
     layers = att.maps.shape[1] if att.maps.ndim == 5 else 0
     if step > layers:
         st.info(f"The model runs {layers} steps; step {step} is not one of them.", icon=":material/info:")
         return
     cells = [(i, step - 1, head) for i in range(len(att.indices))]
-    titles = [f"{att.names[i]}: {'hit' if att.hits[i, step - 1, head] else 'miss'}" for i in range(len(att.indices))]
+    excluded = att.excluded if att.excluded is not None else np.zeros_like(att.hits)
+    titles = [f"{att.names[i]}: {verdict(att.hits[i, step - 1, head], excluded[i, step - 1, head])}"
+              for i in range(len(att.indices))]
     st.image(charts.attention_panels(att, cells), caption=titles, width=PANEL_PX)
     st.caption("CLS attention over the patches (brighter = more), target mask outlined in cyan, argmax point "
-               "green for a hit and red for a miss; the model's crop, scored with the run's options.")
+               "green for a hit and red for a miss; the model's crop, scored with the run's options (TorchRay's "
+               "rule: a hit is strictly closer than the tolerance to the mask; tolerance 0 = inside the mask).")
     picker(ctx, source, model, key, desc, opts, step, head, sample)
 
 
@@ -118,7 +130,7 @@ def picker(ctx: PageContext, source: Any, model: Any, key: tuple[str, float], de
     index = st.number_input(f"Dataset image (0 to {len(source) - 1})", min_value=0, max_value=len(source) - 1,
                             value=sample[0] if sample else 0, step=1, key="pointing_image")
     att = data.attention(key, desc, ctx.cfg.roots, (int(index),), opts["tolerance"], opts["point"], opts["steps"],
-                         _model=model)
+                         _model=model, ignore=opts["ignore"])
     if not att.indices:
         st.info(f"Image {index} cannot be scored: {att.skipped.get(int(index), 'unusable sample')}",
                 icon=":material/info:")
@@ -152,7 +164,7 @@ def stored_points(ctx: PageContext, source: Any, sample: list[int], step: int, h
         image = np.asarray(item.image.convert("RGB"), dtype=np.float32) / 255
         panels.append(charts.panel(image, None, item.mask == item.class_id, (float(row.x), float(row.y)),
                                    bool(row.hit)))
-        titles.append(f"{item.name}: {'hit' if row.hit else 'miss'}")
+        titles.append(f"{item.name}: {verdict(bool(row.hit), bool(getattr(row, 'excluded', False)))}")
     if panels:
         st.image(panels, caption=titles, width=PANEL_PX)
 

@@ -3,9 +3,19 @@
 For every image, step and head: the argmax of the CLS query's attention over the patch
 tokens (CLS and register columns excluded; their attention mass is recorded), placed at the
 patch centre (or at the argmax of the bilinearly upsampled map), mapped back through the
-preprocessing (resize + centre crop) and scored as a hit when it lies within ``tolerance``
-pixels of the target-class mask. Chance (a uniform random point in the model's view, with
-the same tolerance) and a centre-point baseline are scored with the same rule.
+preprocessing (resize + centre crop) and scored with TorchRay's rule (``within_tolerance``):
+a hit when its pixel is strictly closer than ``tolerance`` pixels to a target-class pixel,
+or, with tolerance 0 (the paper), when its pixel is a target pixel. Chance (a uniform random
+point in the model's view) and a centre-point baseline are scored with the same rule.
+
+ImageNet-S ignore pixels (id 1000): by default (``ignore="miss"``) a point on one is scored
+like any other pixel, so it is a miss unless it lies within the tolerance of the target, and
+chance counts them as view pixels. ``ignore="exclude"`` drops points on ignore pixels from
+the denominator of their (image, step, head) and computes chance over the non-ignore pixels
+of the view (the centre baseline likewise skips images whose centre is an ignore pixel).
+
+Macro rates (mean of per-class rates) get a percentile bootstrap interval over classes
+(``macro_ci_low`` / ``macro_ci_high``, seeded); micro rates a Wilson interval.
 
 Tables use 1-based ``step`` = position in the unrolled network (the recurrent step of a
 bViT, the block of a ViT); hook names are 0-based (``steps.{step-1}``).
@@ -24,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data.imagenet_s import SampleError
+from ..data.imagenet_s import IGNORE_ID, SampleError
 from ..data.transforms import CropGeometry
 from ..distributed import DistInfo
 from ..model import BViT, BViTConfig
@@ -34,18 +44,21 @@ TIE_RULES = ("first", "any")
 POINT_RULES = ("center", "upsample")
 FRAMES = ("original", "crop")
 AVERAGES = ("micro", "macro")
+IGNORE_RULES = ("miss", "exclude")
+BOOTSTRAP_SAMPLES = 2000  # resamples of the classes for the macro rate's interval
 
 
 @dataclass(frozen=True)
 class PointingOptions:
     """Scoring rules; the defaults are the paper's (patch centre, exact mask, original image)."""
 
-    tolerance: float = 0.0  # pixels; 15 = TorchRay's pointing game
+    tolerance: float = 0.0  # pixels; hit if distance < tolerance (TorchRay, default 15); 0: inside the mask
     tie: str = "first"  # first: first maximal patch; any: hit if any maximal patch hits
     point: str = "center"  # center: patch centre; upsample: argmax of the bilinear upsampled map
     frame: str = "original"  # original image or the model's crop
     average: str = "micro"  # headline averaging: over images (micro) or over classes (macro)
     steps: int | None = None  # recurrent steps to run (default: the trained horizon)
+    ignore: str = "miss"  # points on ignore pixels (id 1000): a miss, or excluded from the denominator
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -53,6 +66,7 @@ class PointingOptions:
             ("point", self.point, POINT_RULES),
             ("frame", self.frame, FRAMES),
             ("average", self.average, AVERAGES),
+            ("ignore", self.ignore, IGNORE_RULES),
         ):
             if value not in allowed:
                 raise ValueError(f"pointing option {name}={value!r}: choose one of {allowed}")
@@ -76,10 +90,12 @@ class PreparedImage:
     geometry: CropGeometry
     distance: np.ndarray  # frame pixels: distance to the nearest target pixel (0 on target)
     mask_fraction: float  # target area / frame area (in the model's view)
-    chance: float  # fraction of view pixels within tolerance of the target
+    chance: float  # fraction of (scored) view pixels that hit
     centre_hit: bool
     width: int
     height: int
+    ignored: np.ndarray | None = None  # frame pixels excluded from scoring (ignore="exclude"), else None
+    centre_excluded: bool = False
 
 
 @dataclass
@@ -99,6 +115,22 @@ def distance_to_target(target: np.ndarray, tolerance: float) -> np.ndarray:
     from scipy.ndimage import distance_transform_edt
 
     return distance_transform_edt(~target).astype(np.float32)
+
+
+def within_tolerance(distance: np.ndarray | float, tolerance: float) -> np.ndarray:
+    """TorchRay's hit test on distances to the nearest target pixel: ``distance < tolerance``, or ``== 0``.
+
+    TorchRay 1.0.0.2 (``torchray/benchmark/pointing_game.py``, ``PointingGame.evaluate``) builds around
+    the predicted integer pixel (u, v) the acceptance region
+    ``accept = (arange(H) - v)**2 [:, None] + (arange(W) - u)**2 [None, :] < tolerance**2``
+    (strictly less) and counts a hit when ``(mask & accept).any()``: the point hits iff the
+    Euclidean distance from its pixel to the nearest mask pixel is strictly below the
+    tolerance (default 15). With tolerance 0 TorchRay's region is empty and nothing hits; here
+    tolerance 0 keeps the paper's meaning, the point's pixel lies in the mask (distance 0).
+    For 0 < tolerance <= 1 both read the same (pixel distances are 0 or >= 1).
+    """
+    d = np.asarray(distance)
+    return (d == 0) | (d < tolerance)
 
 
 def view_region(geometry: CropGeometry, frame: str, shape: tuple[int, int]) -> tuple[slice, slice]:
@@ -131,12 +163,17 @@ def prepare_image(item_index: int, source: PointingSource, config: BViTConfig, o
     mask = item.mask if options.frame == "original" else geometry.crop_mask(item.mask)
     target = mask == item.class_id
     distance = distance_to_target(target, options.tolerance)
+    ignored = mask == IGNORE_ID if options.ignore == "exclude" else None
     rows, cols = view_region(geometry, options.frame, mask.shape)
     view_target, view_dist = target[rows, cols], distance[rows, cols]
     if not view_target.any():
         raise SampleError("target_outside_view", f"{item.name}: no target pixel inside the model's crop")
+    view_hits = within_tolerance(view_dist, options.tolerance)
+    if ignored is not None:
+        view_hits = view_hits[~ignored[rows, cols]]  # never empty: target pixels are not ignore pixels
     c = config.img_size / 2.0
     _, _, cx, cy = crop_points_to_pixels(np.array([c]), np.array([c]), geometry, options.frame, mask.shape)
+    centre_excluded = bool(ignored[cy[0], cx[0]]) if ignored is not None else False
     return PreparedImage(
         index=item_index,
         name=item.name,
@@ -146,10 +183,12 @@ def prepare_image(item_index: int, source: PointingSource, config: BViTConfig, o
         geometry=geometry,
         distance=distance,
         mask_fraction=float(view_target.mean()),
-        chance=float((view_dist <= options.tolerance).mean()),
-        centre_hit=bool(distance[cy[0], cx[0]] <= options.tolerance),
+        chance=float(view_hits.mean()),
+        centre_hit=bool(within_tolerance(distance[cy[0], cx[0]], options.tolerance)) and not centre_excluded,
         width=w,
         height=h,
+        ignored=ignored,
+        centre_excluded=centre_excluded,
     )
 
 
@@ -198,12 +237,23 @@ def attention_points(
     return (idx % size).double() + 0.5, (idx // size).double() + 0.5, tied
 
 
-def _any_tie_hits(attn: np.ndarray, grid: int, patch_size: int, prep: PreparedImage, frame: str, tol: float) -> bool:
-    """Hit under the 'any' tie rule: some maximal patch's centre lies within tolerance."""
+def _any_tie_hits(
+    attn: np.ndarray, grid: int, patch_size: int, prep: PreparedImage, frame: str, tol: float
+) -> tuple[bool, bool]:
+    """(hit, excluded) under the 'any' tie rule: some maximal patch's centre hits (TorchRay's test).
+
+    With ignore pixels excluded, candidates on them are dropped; the map is excluded when none is left.
+    """
     cand = np.flatnonzero(attn == attn.max())
     xs, ys = (cand % grid + 0.5) * patch_size, (cand // grid + 0.5) * patch_size
     _, _, px, py = crop_points_to_pixels(xs, ys, prep.geometry, frame, prep.distance.shape)
-    return bool((prep.distance[py, px] <= tol).any())
+    hits = within_tolerance(prep.distance[py, px], tol)
+    if prep.ignored is not None:
+        keep = ~prep.ignored[py, px]
+        if not keep.any():
+            return False, True
+        hits = hits[keep]
+    return bool(hits.any()), False
 
 
 @torch.no_grad()
@@ -222,8 +272,9 @@ def score_model(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Score ``model`` on ``source``: (points, images, skipped) tables for this process's share.
 
-    points: image_index, step, head, x, y (scoring frame), hit, prefix_mass.
-    images: image_index, name, wnid, label, width, height, mask_fraction, chance, centre_hit.
+    points: image_index, step, head, x, y (scoring frame), hit, excluded, prefix_mass.
+    images: image_index, name, wnid, label, width, height, mask_fraction, chance, centre_hit, centre_excluded.
+    ``excluded`` marks points on ignore pixels under ``ignore="exclude"`` (their ``hit`` is False).
     """
     info = dist_info or DistInfo()
     cfg = model.config
@@ -260,22 +311,26 @@ def score_model(
         step_idx, head_idx = np.meshgrid(np.arange(1, n_layers + 1), np.arange(n_heads), indexing="ij")
         for b, prep in enumerate(prepared):
             fx, fy, px, py = crop_points_to_pixels(xs[:, b], ys[:, b], prep.geometry, options.frame, prep.distance.shape)
-            hit = prep.distance[py, px] <= options.tolerance
+            hit = within_tolerance(prep.distance[py, px], options.tolerance)
+            excluded = prep.ignored[py, px] if prep.ignored is not None else np.zeros_like(hit)
             if options.tie == "any" and options.point == "center" and tied[:, b].any():
                 attn_np = patch_attn[:, b].cpu().numpy()
                 for s, h in zip(*np.nonzero(tied[:, b]), strict=True):
-                    hit[s, h] = _any_tie_hits(attn_np[s, h], grid, ps, prep, options.frame, options.tolerance)
+                    hit[s, h], excluded[s, h] = _any_tie_hits(attn_np[s, h], grid, ps, prep, options.frame,
+                                                              options.tolerance)
+            hit &= ~excluded
             # plain arrays per image, one DataFrame at the end (a frame per image costs as much as its scoring)
             points.append((np.full(step_idx.size, prep.index), step_idx.ravel(), head_idx.ravel(),
-                           fx.ravel(), fy.ravel(), hit.ravel(), mass[:, b].ravel()))
+                           fx.ravel(), fy.ravel(), hit.ravel(), excluded.ravel(), mass[:, b].ravel()))
             images.append({
                 "image_index": prep.index, "name": prep.name, "wnid": prep.wnid, "label": prep.label,
                 "width": prep.width, "height": prep.height, "mask_fraction": prep.mask_fraction,
-                "chance": prep.chance, "centre_hit": prep.centre_hit,
+                "chance": prep.chance, "centre_hit": prep.centre_hit, "centre_excluded": prep.centre_excluded,
             })
     bar.close()
-    point_cols = ["image_index", "step", "head", "x", "y", "hit", "prefix_mass"]
-    image_cols = ["image_index", "name", "wnid", "label", "width", "height", "mask_fraction", "chance", "centre_hit"]
+    point_cols = ["image_index", "step", "head", "x", "y", "hit", "excluded", "prefix_mass"]
+    image_cols = ["image_index", "name", "wnid", "label", "width", "height", "mask_fraction", "chance", "centre_hit",
+                  "centre_excluded"]
     columns = [np.concatenate(parts) for parts in zip(*points, strict=True)] if points else None
     return (
         pd.DataFrame(dict(zip(point_cols, columns, strict=True))) if columns else pd.DataFrame(columns=point_cols),
@@ -296,22 +351,66 @@ def wilson_interval(hits: np.ndarray | int, n: np.ndarray | int, z: float = 1.96
     return centre - half, centre + half
 
 
+def _scored(points: pd.DataFrame) -> pd.DataFrame:
+    """Points that count: those on ignore pixels under ``ignore="exclude"`` are dropped."""
+    return points[~points["excluded"].astype(bool)] if "excluded" in points.columns else points
+
+
 def _with_class(points: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
-    """Points joined to their image's class; per model when the tables hold several models."""
+    """Scored points joined to their image's class; per model when the tables hold several models."""
     keys = ["model", "image_index"] if "model" in points.columns and "model" in images.columns else ["image_index"]
-    return points.merge(images[[*keys, "wnid"]], on=keys, validate="many_to_one")
+    return _scored(points).merge(images[[*keys, "wnid"]], on=keys, validate="many_to_one")
 
 
-def hit_rate_table(points: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
-    """Step x head hit rates: micro (over images, Wilson 95% interval) and macro (mean of class rates)."""
+def macro_bootstrap(
+    class_rates: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval over classes of the macro rate, per row of (groups, classes) rates.
+
+    Each resample draws the classes with replacement (``rng.integers(0, C, (samples, C))`` from
+    ``np.random.default_rng(seed)``, the same draws for every row) and averages the drawn
+    classes' rates; NaN rates (a class with no scored point in that row) are left out of the
+    mean. Rows with fewer than two classes get NaN.
+    """
+    rates = np.atleast_2d(np.asarray(class_rates, dtype=float))
+    n_groups, n_classes = rates.shape
+    lo, hi = np.full(n_groups, np.nan), np.full(n_groups, np.nan)
+    if n_classes == 0:
+        return lo, hi
+    draws = np.random.default_rng(seed).integers(0, n_classes, size=(samples, n_classes))
+    counts = np.zeros((samples, n_classes))
+    np.add.at(counts, (np.arange(samples)[:, None], draws), 1.0)
+    valid = ~np.isnan(rates)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (np.where(valid, rates, 0.0) @ counts.T) / (valid.astype(float) @ counts.T)  # (groups, samples)
+    alpha = (1 - level) / 2
+    ok = valid.sum(1) >= 2
+    if ok.any():
+        lo[ok], hi[ok] = np.nanquantile(boot[ok], [alpha, 1 - alpha], axis=1)
+    return lo, hi
+
+
+def hit_rate_table(
+    points: pd.DataFrame, images: pd.DataFrame, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> pd.DataFrame:
+    """Step x head hit rates: micro (over images, Wilson 95% interval) and macro (mean of class rates,
+    95% percentile bootstrap interval over classes, ``samples`` resamples drawn from ``seed``)."""
     df = _with_class(points, images)
     keys = [k for k in ("model",) if k in df.columns] + ["step", "head"]
     micro = df.groupby(keys)["hit"].agg(n="size", hits="sum").reset_index()
     micro["rate"] = micro["hits"] / micro["n"]
     micro["ci_low"], micro["ci_high"] = wilson_interval(micro["hits"].to_numpy(), micro["n"].to_numpy())
-    macro = df.groupby([*keys, "wnid"])["hit"].mean().groupby(level=list(range(len(keys)))).mean()
-    micro = micro.merge(macro.rename("macro_rate").reset_index(), on=keys)
-    return micro
+    per_class = df.groupby([*keys, "wnid"])["hit"].mean()
+    macro = per_class.groupby(level=list(range(len(keys)))).mean().rename("macro_rate").reset_index()
+    # one bootstrap per model, over that model's classes (a (step, head) x class matrix)
+    parts = per_class.groupby(level="model", sort=False) if "model" in keys else [(None, per_class)]
+    intervals = []
+    for _, part in parts:
+        wide = part.unstack("wnid")
+        lo, hi = macro_bootstrap(wide.to_numpy(), samples, seed)
+        intervals.append(pd.DataFrame({"macro_ci_low": lo, "macro_ci_high": hi}, index=wide.index))
+    macro = macro.merge(pd.concat(intervals).reset_index(), on=keys)
+    return micro.merge(macro, on=keys)
 
 
 def per_class_table(points: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
@@ -324,8 +423,15 @@ def per_class_table(points: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
 
 
 def baseline_table(images: pd.DataFrame) -> pd.DataFrame:
-    """Chance (mask fraction dilated by the tolerance) and centre-point baselines, micro and macro."""
+    """Chance (share of view pixels that hit) and centre-point baselines, micro and macro.
+
+    Images whose centre is an excluded ignore pixel (``centre_excluded``) do not count for the centre baseline.
+    """
     keys = [k for k in ("model",) if k in images.columns]
+    centre = images["centre_hit"].astype(float)
+    if "centre_excluded" in images.columns:
+        centre = centre.mask(images["centre_excluded"].astype(bool))
+    images = images.assign(centre_hit=centre)
     groups = images.groupby(keys) if keys else [((), images)]
     rows = []
     for key, g in groups:
@@ -344,8 +450,13 @@ def baseline_table(images: pd.DataFrame) -> pd.DataFrame:
 
 
 def step_summary(hit_rates: pd.DataFrame, baselines: pd.DataFrame, average: str = "micro") -> pd.DataFrame:
-    """Per step: best head and its rate, mean over heads, chance and centre baselines (Fig. 4a/4b)."""
+    """Per step: best head and its rate, mean over heads, chance and centre baselines (Fig. 4a/4b).
+
+    The best head's interval is the Wilson interval of the micro rate, or with ``average="macro"``
+    the bootstrap interval over classes of the macro rate (NaN when the table lacks it).
+    """
     col = "rate" if average == "micro" else "macro_rate"
+    lo_col, hi_col = ("ci_low", "ci_high") if average == "micro" else ("macro_ci_low", "macro_ci_high")
     keys = [k for k in ("model",) if k in hit_rates.columns]
     rows = []
     for key, g in hit_rates.groupby([*keys, "step"]):
@@ -353,7 +464,7 @@ def step_summary(hit_rates: pd.DataFrame, baselines: pd.DataFrame, average: str 
         best = g.loc[g[col].idxmax()]
         row = dict(zip([*keys, "step"], key, strict=True))
         row.update({"best_head": int(best["head"]), "best_rate": float(best[col]),
-                    "best_ci_low": float(best["ci_low"]), "best_ci_high": float(best["ci_high"]),
+                    "best_ci_low": float(best.get(lo_col, np.nan)), "best_ci_high": float(best.get(hi_col, np.nan)),
                     "mean_over_heads": float(g[col].mean())})
         rows.append(row)
     out = pd.DataFrame(rows)

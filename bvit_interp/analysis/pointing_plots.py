@@ -10,8 +10,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from .figures import subplots
 
 
-def curves_figure(summary: pd.DataFrame) -> Figure:
-    """Mean over heads (a) and best head (b) hit rate per step, with chance and centre baselines."""
+def curves_figure(summary: pd.DataFrame, average: str = "micro") -> Figure:
+    """Mean over heads (a) and best head (b) hit rate per step, with chance and centre baselines.
+
+    The band is the summary's interval: Wilson for micro rates, bootstrap over classes for macro rates.
+    """
     fig, axes = subplots(1, 2, figsize=(10, 3.8), sharey=True)
     models = summary["model"].unique() if "model" in summary else [None]
     for i, model in enumerate(models):
@@ -24,7 +27,8 @@ def curves_figure(summary: pd.DataFrame) -> Figure:
             ax.axhline(g["chance"].iloc[0], color=colour, ls=":", lw=1)
             ax.axhline(g["centre"].iloc[0], color=colour, ls="--", lw=1, alpha=0.6)
     axes[0].set_title("(a) mean hit rate over heads")
-    axes[1].set_title("(b) best head per step (95% Wilson CI)")
+    interval = "95% Wilson CI" if average == "micro" else "macro; 95% bootstrap CI over classes"
+    axes[1].set_title(f"(b) best head per step ({interval})")
     for ax in axes:
         ax.set_xlabel("step")
         ax.set_ylim(0, 1)

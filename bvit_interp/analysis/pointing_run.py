@@ -22,6 +22,7 @@ from .pointing import (
     prepare_image,
     score_model,
     step_summary,
+    within_tolerance,
 )
 from .sources import PointingSource
 
@@ -37,6 +38,7 @@ class PointingTables:
     per_class: pd.DataFrame
     baselines: pd.DataFrame
     summary: pd.DataFrame
+    average: str = "micro"
 
 
 def _gather(frames: tuple[pd.DataFrame, ...], info: DistInfo) -> tuple[pd.DataFrame, ...]:
@@ -63,8 +65,12 @@ def pointing_game(
     strict: bool = False,
     progress: bool = True,
     dist_info: DistInfo | None = None,
+    seed: int = 0,
 ) -> PointingTables:
-    """Score every model on the first ``limit`` images; chunks already in ``run`` are reused (resume)."""
+    """Score every model on the first ``limit`` images; chunks already in ``run`` are reused (resume).
+
+    ``seed`` seeds the bootstrap over classes of the macro rates' intervals.
+    """
     info = dist_info or DistInfo()
     n = len(source) if limit is None else min(limit, len(source))
     collected: dict[str, list[pd.DataFrame]] = {k: [] for k in PART_KINDS}
@@ -86,8 +92,11 @@ def pointing_game(
                 collected[kind].append(frame.assign(model=name))
     points, images, skipped = (pd.concat(collected[k], ignore_index=True) for k in PART_KINDS)
     points["hit"] = points["hit"].astype(bool)
+    points["excluded"] = points["excluded"].eq(True) if "excluded" in points else False  # parts without it: False
     images["centre_hit"] = images["centre_hit"].astype(bool)
-    hit_rates = hit_rate_table(points, images)
+    if "centre_excluded" in images:
+        images["centre_excluded"] = images["centre_excluded"].eq(True)
+    hit_rates = hit_rate_table(points, images, seed=seed)
     baselines = baseline_table(images)
     long = points.merge(images[["model", "image_index", "name", "wnid", "label", "mask_fraction"]], on=["model", "image_index"])
     return PointingTables(
@@ -98,6 +107,7 @@ def pointing_game(
         per_class=per_class_table(points, images),
         baselines=baselines,
         summary=step_summary(hit_rates, baselines, options.average),
+        average=options.average,
     )
 
 
@@ -105,7 +115,7 @@ def write_tables(run: Run, tables: PointingTables, csv: bool = False) -> None:
     """Final tables and figures of a pointing run."""
     for name in ("points", "images", "skipped", "hit_rates", "per_class", "baselines", "summary"):
         run.write_table(name, getattr(tables, name), csv=csv)
-    run.write_figure("curves", pointing_plots.curves_figure(tables.summary))
+    run.write_figure("curves", pointing_plots.curves_figure(tables.summary, tables.average))
     for model in tables.hit_rates["model"].unique():
         run.write_figure(f"heatmap_{model}", pointing_plots.heatmap_figure(tables.hit_rates, model))
 
@@ -125,7 +135,8 @@ def overlay_for_best_head(
     best = summary.loc[summary["best_rate"].idxmax()]
     head = int(best["best_head"])
     cfg = model.config
-    crop_opts = PointingOptions(tolerance=options.tolerance, point=options.point, frame="crop", steps=options.steps)
+    crop_opts = PointingOptions(tolerance=options.tolerance, point=options.point, frame="crop", steps=options.steps,
+                                ignore=options.ignore)
     preps = [prepare_image(int(i), source, cfg, crop_opts) for i in images["image_index"].head(n_images)]
     x = torch.stack([p.tensor for p in preps]).to(device)
     with model.capture("attn.cls_pattern", dtype=torch.float32) as cache:
@@ -141,6 +152,10 @@ def overlay_for_best_head(
     mean, std = np.array(cfg.mean)[:, None, None], np.array(cfg.std)[:, None, None]
     shown = [np.clip((p.tensor.numpy() * std + mean).transpose(1, 2, 0), 0, 1) for p in preps]
     masks = [(p.distance == 0).astype(float) for p in preps]
-    hits = np.array([[p.distance[int(pt[1] + 0.5), int(pt[0] + 0.5)] <= options.tolerance for pt in row] for p, row in zip(preps, pts, strict=True)])
+    def scored_hit(p, pt: np.ndarray) -> bool:
+        y, x = int(pt[1] + 0.5), int(pt[0] + 0.5)
+        return bool(within_tolerance(p.distance[y, x], options.tolerance)) and not (p.ignored is not None and p.ignored[y, x])
+
+    hits = np.array([[scored_hit(p, pt) for pt in row] for p, row in zip(preps, pts, strict=True)])
     title = f"{cfg.name}: head {head} (best at step {int(best['step'])}, hit rate {best['best_rate']:.2f})"
     return pointing_plots.overlay_figure(shown, masks, up, pts, hits, [layers[s] + 1 for s in chosen], title)

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from ..evaluation import evaluate_accuracy
 from ..model import BViT, BViTConfig
+from .states import cls_states
 
 ENERGY_THRESHOLD = 0.95
 WEIGHT_MATRICES = ("q", "k", "v", "proj", "fc1", "fc2")
@@ -182,9 +183,11 @@ def cls_ranks(
 ) -> pd.DataFrame:
     """Ranks of the (images x width) CLS matrix after every step, uncentred and centred, in one pass.
 
-    Per batch the CLS rows of ``resid_post`` are captured and folded into a float64 Gram
-    matrix per step, so memory stays at steps x width^2 whatever the number of images; the
-    singular values are the square roots of the Gram eigenvalues (centred: Gram - n mu mu^T).
+    The state after a step is the one the next step receives (``states.cls_states``:
+    ``resid_post`` plus, for -TE models, the step's time embedding), as in every dynamics
+    analysis. Per batch the CLS states are folded into a float64 Gram matrix per step, so memory
+    stays at steps x width^2 whatever the number of images; the singular values are the square
+    roots of the Gram eigenvalues (centred: Gram - n mu mu^T).
     """
     _check_threshold(threshold)
     device = device if device is not None else next(model.parameters()).device
@@ -196,10 +199,9 @@ def cls_ranks(
     try:
         for batch in loader:
             images = batch[0].to(device)
-            with model.capture("resid_post", tokens="cls", dtype=torch.float64) as cache:
-                model(images, steps=steps)
-            for layer in cache.layers("resid_post"):
-                x = cache["resid_post", layer][:, 0]
+            with torch.no_grad():
+                states = cls_states(model, images, steps).to(torch.float64)  # (layers, B, D)
+            for layer, x in enumerate(states):
                 grams[layer] = grams.get(layer, 0) + x.T @ x
                 sums[layer] = sums.get(layer, 0) + x.sum(0)
             n += images.shape[0]

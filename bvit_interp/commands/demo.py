@@ -37,6 +37,7 @@ def plan(root: Path, models: list[str], quick: bool) -> list[tuple[str, list[str
         ("early exit", ["early-exit", *pair_args, *limit, "--train-limit", "1000" if quick else "5000",
                         "--epochs", "3" if quick else "30", "--out", str(root / "early_exit")]),
         ("feature visualization", ["featviz", "--model", models[0], "--top", "2" if quick else "3",
+                                   "--control-random", "2" if quick else "3",
                                    "--steps", "1", "4", "8", "12", "--iterations", "40" if quick else "200",
                                    "--copies", "2" if quick else "4", "--exemplars-limit", "300" if quick else "2000",
                                    "--out", str(root / "featviz")]),

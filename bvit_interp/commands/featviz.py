@@ -4,7 +4,9 @@ Writes to the run: ``exemplars_all.npz`` (top-k per neuron and step, one pass ov
 ``parts/`` (one npz per optimised target, so an interrupted run resumes), ``images/`` (one PNG
 per (neuron, step)), ``featviz.npz`` (all images), tables ``targets`` (activation reached, best
 real activation, ratio, spectrum measures), ``cross_steps`` (each image's activation at every
-step), ``exemplars`` (top-k per target) and ``complexity`` (per-step means), figures ``grid.png``
+step), ``exemplars`` (top-k per target), ``complexity`` (per-step means) and ``selection`` (per neuron:
+how it was chosen, top / given / random control, and how much its exemplars change across the
+steps), figures ``grid.png``
 (Fig. 3), ``exemplar_grid.png``, ``neuron_<n>.png`` and ``complexity.png``.
 """
 
@@ -31,6 +33,7 @@ from ..analysis.featviz import (
     denormalize,
     load_inputs,
     step_complexity,
+    step_dependence,
     target_tables,
     visualize,
 )
@@ -60,6 +63,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     which.add_argument("--neurons", type=int, nargs="+", metavar="N", help="FFN hidden units to visualize")
     which.add_argument("--top", type=int, metavar="N",
                        help=f"visualize the N neurons whose best real activation varies most across steps (default {DEFAULT_TOP})")
+    p.add_argument("--control-random", type=int, default=0, metavar="N",
+                   help="also visualize N randomly drawn neurons (seeded by --seed, none of the selected ones) as a "
+                        "control: --top picks neurons whose preferred inputs vary across steps by construction")
     p.add_argument("--steps", type=int, nargs="+", metavar="S", help="1-based steps (unrolled layers for a ViT); default all")
     p.add_argument("--patch", type=int, help="maximise the neuron at this patch token instead of its mean over patch tokens")
     p.add_argument("--iterations", type=int, default=400, help="optimisation steps (Ghiasi: 400)")
@@ -130,6 +136,15 @@ def _print_summary(table: pd.DataFrame, per_step: pd.DataFrame, trend: dict[str,
           + "  (hf/png > 0 or slope > 0: later steps carry more fine detail)")
 
 
+def _print_selection(chosen: pd.DataFrame) -> None:
+    """Step dependence of the selected neurons beside the random control (means per selection)."""
+    means = chosen.groupby("selection", sort=False)[["spread", "exemplar_jaccard", "top_changes"]].mean()
+    print("\nstep dependence of the exemplars (mean per selection; Jaccard 1 = same images at every step):")
+    for name, r in means.iterrows():
+        print(f"  {name:<7} spread of best real {r.spread:.3f}, exemplar Jaccard across steps {r.exemplar_jaccard:.3f}, "
+              f"top exemplar changes {r.top_changes:.0%}")
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     (loaded,) = load_models(args, device)
@@ -137,9 +152,12 @@ def run(args: argparse.Namespace) -> int:
     options = _options(args)
     if args.top is not None and args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
+    if args.control_random < 0:
+        raise ValueError(f"--control-random must be >= 0, got {args.control_random}")
     statistic = "mean" if args.patch is None else "max"
     run_dir = create_run(args, "featviz", [loaded], featviz=options.to_dict(), neurons=args.neurons, top=args.top,
-                         steps=args.steps, patch=args.patch, exemplars_k=args.exemplars_k, amp=args.amp)
+                         steps=args.steps, patch=args.patch, exemplars_k=args.exemplars_k, amp=args.amp,
+                         control_random=args.control_random)
     loader, _ = val_loader(args, model.config)
     subset = loader.dataset
     dataset, indices = subset.dataset, subset.indices  # type: ignore[attr-defined]
@@ -151,7 +169,10 @@ def run(args: argparse.Namespace) -> int:
                                       args.workers, progress=True)
         run_dir.write_arrays("exemplars_all", **exemplars.to_arrays())
 
-    neurons = args.neurons or exemplars.most_variable(args.top or DEFAULT_TOP)
+    selected = args.neurons or exemplars.most_variable(args.top or DEFAULT_TOP)
+    control = exemplars.random_neurons(args.control_random, args.seed, exclude=selected) if args.control_random else []
+    neurons = [*selected, *control]
+    selection = {**{int(n): "given" if args.neurons else "top" for n in selected}, **{n: "random" for n in control}}
     steps = args.steps or list(range(1, model.num_layers() + 1))
     targets = [Target(n, s, args.patch) for n in neurons for s in steps]
     for t in targets:
@@ -160,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
     vis = _optimise_resumable(model, targets, options, run_dir, per_batch, args.amp)
 
     table, cross = target_tables(model, vis, exemplars, args.batch_size)
+    table.insert(1, "selection", table["neuron"].map(selection))
+    chosen = step_dependence(exemplars, neurons, steps, selection)
+    chosen = chosen.merge(table.groupby("neuron")["ratio"].median().rename("median_ratio").reset_index(), on="neuron")
     per_step = step_complexity(table)
     pairs = [(t.neuron, t.step) for t in targets]
     ex_table = exemplars.table(pairs)
@@ -170,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir.write_table("cross_steps", cross)
     run_dir.write_table("exemplars", ex_table)
     run_dir.write_table("complexity", per_step)
+    run_dir.write_table("selection", chosen)
     images = vis.images.numpy()
     run_dir.write_arrays("featviz", images=images, neurons=np.array([t.neuron for t in targets]),
                          steps=np.array([t.step for t in targets]), exemplar_images=ex_images)
@@ -197,8 +222,9 @@ def run(args: argparse.Namespace) -> int:
         run_dir.write_figure(f"neuron_{neuron}", fig)
     run_dir.write_figure("complexity", complexity_figure(per_step))
     trend = complexity_trend(table)
-    run_dir.complete(neurons=list(neurons), steps=list(steps), complexity_trend=trend,
+    run_dir.complete(neurons=list(neurons), control_neurons=list(control), steps=list(steps), complexity_trend=trend,
                      median_ratio=float(table["ratio"].median()))
     _print_summary(table, per_step, trend)
+    _print_selection(chosen)
     print(f"\nrun written to {run_dir.path}", file=sys.stderr)
     return 0

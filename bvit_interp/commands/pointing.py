@@ -7,7 +7,14 @@ import sys
 
 import torch
 
-from ..analysis.pointing import AVERAGES, FRAMES, POINT_RULES, TIE_RULES, PointingOptions
+from ..analysis.pointing import (
+    AVERAGES,
+    FRAMES,
+    IGNORE_RULES,
+    POINT_RULES,
+    TIE_RULES,
+    PointingOptions,
+)
 from ..analysis.pointing_run import overlay_for_best_head, pointing_game, write_tables
 from ..analysis.sources import open_source
 from ..defaults import DEFAULT_DATA, DEFAULT_MODEL, model_label, model_path, resolve_model
@@ -21,11 +28,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=DEFAULT_DATA, help="'shapes' (procedural validation set, rendered in memory) or an ImageNet-S root with validation/ and validation-segmentation/")
     p.add_argument("--split", default="validation", help="ImageNet-S split folder name")
     p.add_argument("--out", default="runs/pointing", help="run directory to write")
-    p.add_argument("--tolerance", type=float, default=0.0, help="hit if the point is within this many pixels of the mask (0 = paper, 15 = TorchRay)")
+    p.add_argument("--tolerance", type=float, default=0.0, help="hit if the point's pixel is strictly closer than this many pixels to a mask pixel, TorchRay's rule (15 = TorchRay's default); 0 = the paper: the pixel is in the mask")
     p.add_argument("--tie", choices=TIE_RULES, default="first", help="with several maximal patches: first one, or hit if any hits")
     p.add_argument("--point", choices=POINT_RULES, default="center", help="patch centre of the argmax, or argmax of the bilinearly upsampled map")
     p.add_argument("--frame", choices=FRAMES, default="original", help="score in the original image or in the model's crop")
-    p.add_argument("--average", choices=AVERAGES, default="micro", help="headline averaging over images (micro) or classes (macro); tables hold both")
+    p.add_argument("--average", choices=AVERAGES, default="micro", help="headline averaging over images (micro, Wilson 95%% CI) or classes (macro, 95%% bootstrap CI over classes); tables hold both")
+    p.add_argument("--ignore", choices=IGNORE_RULES, default="miss", help="ImageNet-S ignore pixels (id 1000): a point on one is a miss (default) or is dropped from that (image, step, head); 'exclude' also leaves them out of the chance baseline")
     p.add_argument("--steps", type=int, help="recurrent steps to run (default: the trained horizon; more to look beyond it)")
     p.add_argument("--limit", type=int, help="score only the first N images")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (per process)")
@@ -36,7 +44,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlays", type=int, default=4, help="images in the attention-map figure of the best head (0 = none)")
     p.add_argument("--strict", action="store_true", help="stop at the first unusable image instead of skipping and recording it")
     p.add_argument("--csv", action="store_true", help="also write every table as CSV")
-    p.add_argument("--seed", type=int, default=0, help="recorded in meta.json (the scoring itself is deterministic)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the macro rates' bootstrap interval, recorded in meta.json (the scoring itself is deterministic)")
     p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
@@ -63,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--model names must differ in their file stem, got {labels}")
         models = {label: resolve_model(spec, device=str(device)) for label, spec in zip(labels, specs, strict=True)}
         source = open_source(args.data) if args.data.startswith("shapes") else open_source_split(args.data, args.split)
-        options = PointingOptions(args.tolerance, args.tie, args.point, args.frame, args.average, args.steps)
+        options = PointingOptions(args.tolerance, args.tie, args.point, args.frame, args.average, args.steps, args.ignore)
         meta = {
             "analysis": "pointing",
             "models": [
@@ -81,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         tables = pointing_game(
             models, source, options, run_dir, limit=args.limit, chunk_size=args.chunk_size,
             batch_size=args.batch_size, workers=args.workers, device=device,
-            amp=device.type == "cuda" and not args.no_amp, strict=args.strict, dist_info=info,
+            amp=device.type == "cuda" and not args.no_amp, strict=args.strict, dist_info=info, seed=args.seed,
         )
         if info.is_main:
             write_tables(run_dir, tables, csv=args.csv)

@@ -45,7 +45,7 @@ def _preset_values(option: str) -> str:
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-config", default="bvit_tiny", help="named model config trained from a fresh seeded init (bvit_tiny, bvit_micro, bvit_s, ...)")
+    p.add_argument("--model-config", default="bvit_tiny", help="named model config trained from a fresh seeded init (bvit_prune_g1 = paper App. G.1, 32 px; bvit_tiny, bvit_micro, ...)")
     p.add_argument("--init-from", metavar="NAME|PATH", help="start from these weights (bundled model or checkpoint) instead of a fresh init; they are theta_0")
     p.add_argument("--data", default="shapes", help="'shapes', 'cifar10:ROOT', 'cifar100:ROOT' or an ImageFolder root with train/ and val/")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="fills unset options: paper = App. G.3 (30 rounds, 20%%); quick = ~15 min on a 2-core CPU")

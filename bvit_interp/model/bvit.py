@@ -141,6 +141,9 @@ class BViT(VisionTransformer):
         """timm's ``forward_intermediates`` over unrolled layers (= recurrent steps for a bViT).
 
         ``indices`` as in timm: an int n takes the last n layers, a list takes those layers.
+        The intermediate after layer l is the state layer l+1 receives (``layer``'s output:
+        ``resid_post`` plus, after a step's last block, a -TE model's time embedding), the
+        same definition as ``analysis.states.cls_states``.
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
@@ -154,13 +157,18 @@ class BViT(VisionTransformer):
         if any(not 0 <= i < n_layers for i in take):
             raise IndexError(f"indices {indices} out of range for {n_layers} layers")
         last_step = max(take) // self.num_blocks + 1 if stop_early else self._steps(steps)
-        with self.capture("resid_post", steps=range(last_step)) as cache:
-            feats = self.forward_features(x, steps=last_step)
+        wanted, states = set(take), {}
+        h = self._fire_global("embed", self.embed(x))
+        for index in range(last_step * self.num_blocks):
+            h = self.layer(h, index)
+            if index in wanted:
+                states[index] = h
+        feats = self._fire_global("final", self.norm(h))
         npt = self.num_prefix_tokens
         grid = self.patch_embed.grid_size
         outs, prefixes = [], []
         for i in take:
-            y = cache["resid_post", i]
+            y = states[i]
             if norm:
                 y = self.norm(y)
             prefixes.append(y[:, :npt])

@@ -141,6 +141,14 @@ def _registry() -> dict[str, BViTConfig]:
     configs["bvit_tiny_te"] = BViTConfig(name="bvit_tiny_te", blocks=1, steps=12, time_embed=True, **tiny)
     configs["bvit_tiny_reg"] = BViTConfig(name="bvit_tiny_reg", blocks=1, steps=12, reg_tokens=4, **tiny)
     configs["vit_tiny"] = BViTConfig(name="vit_tiny", blocks=12, steps=1, **tiny)
+    # Paper App. G.1, the step-masked pruning model on CIFAR-10: width 256, 8 heads, MLP ratio 4,
+    # GELU, one block x 12 steps, 32 px input, 10 classes. Assumed (the numbers are lost in our copy
+    # of App. G.1): patch size 4 (64 patch tokens, as the bundled 32 px models), full-image crop
+    # (crop_pct 1.0), and the toolkit's defaults for the rest (RMSNorm, qkv bias, ImageNet mean/std).
+    configs["bvit_prune_g1"] = BViTConfig(
+        name="bvit_prune_g1", img_size=32, patch_size=4, num_classes=10, embed_dim=256, num_heads=8, mlp_ratio=4.0,
+        blocks=1, steps=12, crop_pct=1.0,
+    )
     # A micro config for unit tests: runs in milliseconds.
     configs["bvit_micro"] = BViTConfig(
         name="bvit_micro", img_size=16, patch_size=4, num_classes=5, embed_dim=32, num_heads=4, blocks=1, steps=4,

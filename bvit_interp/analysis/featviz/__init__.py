@@ -6,7 +6,8 @@
 - ``optimize``: many targets optimised in one batch, independent of batching.
 - ``exemplars``: top-k dataset images per (neuron, step) in one pass.
 - ``attribution``: captum attributions of a (neuron, step) or (head, step) via per-step taps.
-- ``report``: activation reached vs best real image, cross-step activations, spectrum measures.
+- ``report``: activation reached vs best real image, cross-step activations, spectrum measures,
+  per-neuron step dependence of the exemplars (selected vs randomly drawn control neurons).
 """
 
 from .attribution import StepTaps, head_attribution, neuron_attribution, step_attribution
@@ -19,6 +20,7 @@ from .report import (
     spectrum_stats,
     step_activations,
     step_complexity,
+    step_dependence,
     target_tables,
 )
 from .transforms import Augment, TransformOptions, denormalize, normalize
@@ -47,6 +49,7 @@ __all__ = [
     "step_activations",
     "step_attribution",
     "step_complexity",
+    "step_dependence",
     "target_activations",
     "target_tables",
     "total_variation",

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from functools import partial
 
 import torch
-from captum.attr import NeuronGradient, NeuronIntegratedGradients
 from torch import nn
 
 from ...model import BViT
@@ -62,6 +61,9 @@ def step_attribution(
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r}: choose one of {METHODS}")
+    # imported here so that the featviz package (optimisation, exemplars) imports without captum
+    from captum.attr import NeuronGradient, NeuronIntegratedGradients
+
     if not 1 <= step <= model.num_layers():
         raise ValueError(f"step {step} out of range 1..{model.num_layers()}")
     layer = step - 1

@@ -58,6 +58,18 @@ class Exemplars:
         order = torch.sort(spread, descending=True, stable=True).indices
         return [int(i) for i in order[:n]]
 
+    def random_neurons(self, n: int, seed: int = 0, exclude: Iterable[int] = ()) -> list[int]:
+        """``n`` neurons drawn uniformly without replacement (seeded), none of ``exclude``: the selection control.
+
+        ``most_variable`` picks neurons whose preferred inputs change across steps by construction;
+        the same measures on randomly drawn neurons say how typical that is.
+        """
+        skip = {int(i) for i in exclude}
+        pool = np.array([i for i in range(self.values.shape[1]) if i not in skip])
+        if not 0 <= n <= len(pool):
+            raise ValueError(f"cannot draw {n} random neurons from the {len(pool)} not already selected")
+        return sorted(int(i) for i in np.random.default_rng(seed).choice(pool, size=n, replace=False))
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays for ``Run.write_arrays``."""
         return {"values": self.values.numpy(), "indices": self.indices.numpy(), "patches": self.patches.numpy(),

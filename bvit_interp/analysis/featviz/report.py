@@ -111,6 +111,32 @@ def target_tables(model: BViT, vis: Visualizations, exemplars: Exemplars, batch_
     return table, pd.DataFrame(cross)
 
 
+def step_dependence(exemplars: Exemplars, neurons: Sequence[int], steps: Sequence[int],
+                    selection: dict[int, str] | None = None) -> pd.DataFrame:
+    """Per neuron: how much its preferred real inputs change across ``steps`` (1-based), from the exemplars alone.
+
+    ``spread``: std over the steps of the best real activation (the ``most_variable`` criterion);
+    ``exemplar_jaccard``: mean over step pairs of the Jaccard overlap of the top-k exemplar image
+    sets (1 = the same images at every step, 0 = disjoint); ``top_changes``: share of consecutive
+    step pairs whose top exemplar differs. ``selection`` labels each neuron (e.g. top / random).
+    """
+    rows = []
+    layers = [s - 1 for s in steps]
+    for neuron in neurons:
+        best = exemplars.values[layers, neuron, 0].double()
+        sets = [set(exemplars.indices[layer, neuron].tolist()) for layer in layers]
+        pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1 :]]
+        tops = [int(exemplars.indices[layer, neuron, 0]) for layer in layers]
+        rows.append({
+            "neuron": int(neuron),
+            "selection": (selection or {}).get(int(neuron), "given"),
+            "spread": float(best.std()) if len(layers) > 1 else float("nan"),
+            "exemplar_jaccard": float(np.mean([len(a & b) / len(a | b) for a, b in pairs])) if pairs else float("nan"),
+            "top_changes": float(np.mean([a != b for a, b in zip(tops[:-1], tops[1:], strict=True)])) if len(tops) > 1 else float("nan"),
+        })
+    return pd.DataFrame(rows)
+
+
 def step_complexity(table: pd.DataFrame) -> pd.DataFrame:
     """Per step: mean (and std) of hf_energy, spectral_slope and png_bpp over the optimised images."""
     cols = ["hf_energy", "spectral_slope", "png_bpp", "ratio"]
