@@ -299,7 +299,7 @@ def score_model(
             continue
         x = torch.stack([p.tensor for p in prepared]).to(device)
         with model.capture("attn.cls_pattern", dtype=torch.float32) as cache:
-            with torch.autocast(device_type=device.type, enabled=amp):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 model.forward_features(x, steps=options.steps)
         rows = torch.stack([cache["attn.cls_pattern", layer] for layer in cache.layers("attn.cls_pattern")])
         prefix_mass = rows[..., :npt].sum(-1)  # (L, B, H)

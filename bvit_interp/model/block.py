@@ -14,9 +14,10 @@ from .hooks import HookContext
 
 
 def cls_attention_row(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """Softmax attention of the CLS query (token 0) over all keys, in fp32: (B, H, N)."""
-    scores = (q[:, :, :1].float() * scale) @ k.float().transpose(-2, -1)
-    return scores.softmax(dim=-1)[:, :, 0]
+    """Softmax attention of the CLS query (token 0) over all keys, in fp32 also under autocast: (B, H, N)."""
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        scores = (q[:, :, :1].float() * scale) @ k.float().transpose(-2, -1)
+        return scores.softmax(dim=-1)[:, :, 0]
 
 
 def hooked_block_forward(block: Block, x: torch.Tensor, hook: HookContext) -> torch.Tensor:
@@ -33,8 +34,10 @@ def hooked_block_forward(block: Block, x: torch.Tensor, hook: HookContext) -> to
     q, k, v = hook("attn.q", q), hook("attn.k", k), hook("attn.v", v)
 
     if hook.wants("attn.pattern"):
-        scores = (q.float() * attn.scale) @ k.float().transpose(-2, -1)
-        pattern = hook("attn.pattern", scores.softmax(dim=-1))
+        with torch.autocast(device_type=q.device.type, enabled=False):  # fp32 pattern also under AMP
+            scores = (q.float() * attn.scale) @ k.float().transpose(-2, -1)
+            pattern = scores.softmax(dim=-1)
+        pattern = hook("attn.pattern", pattern)
         if hook.wants("attn.cls_pattern"):
             hook("attn.cls_pattern", pattern[:, :, 0])
         z = attn.attn_drop(pattern).to(v.dtype) @ v
