@@ -234,6 +234,60 @@ def bench_train(
     return {"images_per_s": batch / t, "seconds_per_iteration": t, "peak_mib": mem["peak_mib"], "iterations": len(rounds)}
 
 
+def _bare_train_rate(model: BViT, shapes, iters: int, batch: int, start: int) -> float:
+    """Images/s of a minimal loop over fresh shapes images: render, normalise, forward, CE, backward, clip, AdamW."""
+    from .data.shapes import render_sample
+
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=7e-4, weight_decay=0.05)
+    mean = torch.tensor(model.config.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.config.std).view(1, 3, 1, 1)
+    t0 = time.perf_counter()
+    for it in range(iters):
+        samples = [render_sample(shapes, "train", start + it * batch + i) for i in range(batch)]
+        x = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float().div_(255.0)
+        y = torch.tensor([s.label for s in samples])
+        loss = torch.nn.functional.cross_entropy(model((x - mean) / std), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return iters * batch / (time.perf_counter() - t0)
+
+
+def bench_train_loop(
+    model: str = "bvit_tiny", overrides: dict[str, object] | None = None, shapes_version: int = 0,
+    batch: int = 64, iters: int = 20, rounds: int = 3,
+) -> list[dict[str, object]]:
+    """The project's ``train()`` (shapes recipe: transforms, EMA, label smoothing, clipping, schedule) vs a bare
+    loop on the same fresh shapes stream, alternating rounds so that load changes hit both; training part only."""
+    import io
+    import tempfile
+
+    from .data.shapes import ShapesConfig
+    from .model import build_model
+    from .model.config import get_config
+    from .train import TrainConfig, train
+
+    overrides = {"num_classes": 10, **(overrides or {})}
+    shapes = ShapesConfig.preset(shapes_version, img_size=get_config(model, **overrides).img_size)
+    rates: dict[str, list[float]] = {"project train()": [], "bare loop": []}
+    for r in range(rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(model=model, out=tmp, force=True, epochs=1, batch_size=batch, shapes_train_size=iters * batch,
+                              shapes_version=shapes_version, shapes_img_size=shapes.img_size, val_limit=batch, seed=r,
+                              model_overrides=overrides)
+            with contextlib.redirect_stderr(io.StringIO()):
+                train(cfg)
+            history = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        rates["project train()"].append(history[-1]["images_per_s"])
+        torch.manual_seed(r)
+        rates["bare loop"].append(_bare_train_rate(build_model(model, **overrides), shapes, iters, batch, r * iters * batch))
+    bare = float(np.median(rates["bare loop"]))
+    return [{"variant": k, "images_per_s": float(np.median(v)), "time_ratio_vs_bare": bare / float(np.median(v)),
+             "rounds": len(v)} for k, v in rates.items()]
+
+
 # ----------------------------------------------------------------------------- feature visualization
 def spread_targets(model: BViT, k: int, seed: int = 0) -> list[Target]:
     """K (neuron, step) targets with steps evenly spread over 1..T and distinct random neurons (seeded)."""

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from ..analysis.sources import ShapesSource
-from ..benchmarks import RandomSource, bench_hooks, bench_pointing, bench_train
+from ..benchmarks import RandomSource, bench_hooks, bench_pointing, bench_train, bench_train_loop
 from ..defaults import DEFAULT_MODEL, model_path, resolve_model
 from ..distributed import DistInfo, resolve_device
 from ..model import build_model
@@ -34,7 +34,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     t = sub.add_parser("train", help="training images/s for the bundled config and bViT-B at 224 px",
                        formatter_class=HelpFormatter)
-    t.add_argument("--iters", type=int, default=5, help="timed iterations (median reported)")
+    t.add_argument("--iters", type=int, default=5, help="timed iterations of the random-data rows (median reported)")
+    t.add_argument("--loop-iters", type=int, default=20,
+                   help="iterations per round of the project-loop vs bare-loop comparison (0 skips it)")
+    t.add_argument("--loop-rounds", type=int, default=3, help="alternating rounds of that comparison (median reported)")
+    t.add_argument("--shapes-version", type=int, default=0, help="shapes version of that comparison (0: the default)")
+    t.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides of the bundled config for that comparison, e.g. img_size=48 patch_size=6")
     t.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
@@ -69,6 +75,13 @@ def run(args: argparse.Namespace) -> int:
                 big, RandomSource(args.images_224, 256), args.images_224, min(args.batch_size, 8), args.repeats, device, args.workers)]
         print(pd.DataFrame(rows)[["model", "variant", "images_per_s", "time_ratio_vs_plain", "time_ratio_vs_loading"]].to_string(index=False, float_format="%.3f"))
     else:
+        if args.loop_iters:
+            from .train import parse_model_kwargs
+
+            loop = bench_train_loop(DEFAULT_MODEL, parse_model_kwargs(args.model_kwargs), args.shapes_version, 64,
+                                    args.loop_iters, args.loop_rounds)
+            print(f"{DEFAULT_MODEL} config, batch 64, fresh shapes images, {args.loop_rounds} alternating rounds:")
+            print(pd.DataFrame(loop).to_string(index=False, float_format="%.3f"))
         label, model = _bundled_or_random()
         rows = [dict(bench_train(model, 64, args.iters, device), model=label, batch=64)]
         rows.append(dict(bench_train(build_model("bvit_b"), 8, max(2, args.iters // 2), device), model="bvit_b 224px", batch=8))

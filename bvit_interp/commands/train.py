@@ -13,7 +13,7 @@ def _pair(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _kwargs(items: list[str]) -> dict[str, object]:
+def parse_model_kwargs(items: list[str]) -> dict[str, object]:
     """['img_size=48', 'time_embed=true'] -> {'img_size': 48, 'time_embed': True} (JSON values, else strings)."""
     out: dict[str, object] = {}
     for item in items:
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         "workers", "device", "seed", "resume", "force", "save_name", "shapes_version", "pos_embed", "init",
         "aux_loc", "teacher", "distill", "distill_alpha", "distill_tau",
     )}
-    overrides = _kwargs(args.model_kwargs)
+    overrides = parse_model_kwargs(args.model_kwargs)
     if args.num_classes:
         overrides["num_classes"] = args.num_classes
     result = train(TrainConfig(**fields, amp=not args.no_amp, model_overrides=overrides))
