@@ -182,3 +182,53 @@ def test_config_dict_roundtrip() -> None:
     assert ShapesConfig.from_dict(d) == cfg
     with pytest.raises(ValueError, match="bogus"):
         ShapesConfig.from_dict({**d, "bogus": 1})
+
+
+# --------------------------------------------------------------------------- shapes v2 and counterfactuals
+def test_v2_preset_makes_the_centre_a_weak_baseline() -> None:
+    """Issue 14: on v2's validation split the centre point and chance (mask fraction) are weak baselines."""
+    from bvit_interp.data.shapes import SHAPES_VERSIONS
+
+    cfg = ShapesConfig.preset(2)
+    assert cfg.version == 2 and cfg.img_size == SHAPES_VERSIONS[2]["img_size"]
+    samples = [render_sample(cfg, "val", i) for i in range(300)]
+    c = cfg.img_size // 2
+    centre = np.mean([s.mask[c, c] for s in samples])
+    chance = np.mean([s.mask.mean() for s in samples])
+    assert centre <= 0.20 and chance <= 0.10, (centre, chance)
+    assert ShapesConfig.from_dict({k: v for k, v in cfg.to_dict().items()}).version == 2
+    legacy = {k: v for k, v in ShapesConfig().to_dict().items() if k != "version"}
+    assert ShapesConfig.from_dict(legacy).version == 1  # metadata written before versions is v1
+    with pytest.raises(ValueError, match="version"):
+        ShapesConfig(version=99)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("kind", ["class", "none"])
+def test_counterfactuals_differ_only_inside_the_objects(split: str, kind: str) -> None:
+    """Issue 19: a counterfactual changes the target object and nothing else; it is deterministic."""
+    from bvit_interp.data.shapes import counterfactual_label, render_counterfactual
+
+    cfg = ShapesConfig.preset(2)
+    for i in range(12):
+        pair = render_counterfactual(cfg, split, i, kind)
+        changed = np.any(pair.clean.image != pair.counterfactual.image, axis=-1)
+        assert changed.any()
+        assert not (changed & ~pair.footprint).any(), f"sample {i}: pixels outside both objects changed"
+        assert np.array_equal(pair.clean.image, render_sample(cfg, split, i).image)
+        if kind == "class":
+            assert pair.counterfactual.label == counterfactual_label(cfg, split, i) != pair.clean.label
+            assert pair.counterfactual.mask.any()
+        else:
+            assert not pair.counterfactual.mask.any() and pair.counterfactual.label == pair.clean.label
+        again = render_counterfactual(cfg, split, i, kind)
+        assert np.array_equal(again.counterfactual.image, pair.counterfactual.image)
+
+
+def test_counterfactual_labels_cover_the_other_classes() -> None:
+    from bvit_interp.data.shapes import SHAPE_CLASSES, counterfactual_label, sample_label
+
+    cfg = ShapesConfig.preset(2)
+    pairs = [(sample_label(cfg, "val", i), counterfactual_label(cfg, "val", i)) for i in range(500)]
+    assert all(a != b for a, b in pairs)
+    assert {b for a, b in pairs if a == 0} == set(range(1, len(SHAPE_CLASSES)))

@@ -170,6 +170,7 @@ class ShapeSample:
     mask: np.ndarray
     label: int
     bbox: tuple[int, int, int, int]
+    coverage: np.ndarray | None = None  # (H, W) uint8: the object's antialiased coverage, 0..255
 
 
 def split_length(config: ShapesConfig, split: str) -> int:
@@ -330,16 +331,22 @@ def _local_luma(bg: np.ndarray, cx: float, cy: float, half: float, ss: int) -> f
 
 
 def render_sample(
-    config: ShapesConfig, split: str, index: int, *, draw_object: bool = True
+    config: ShapesConfig, split: str, index: int, *, draw_object: bool = True, label: int | None = None
 ) -> ShapeSample:
     """Render sample ``index`` of ``split`` ("train" or "val") deterministically.
 
-    ``draw_object=False`` renders the identical scene without the object (same random draws),
-    which tests use to check that masks cover the drawn object; the mask is returned anyway.
+    ``draw_object=False`` renders the identical scene without the object (same random draws);
+    the mask is returned anyway. ``label`` renders the identical scene (background, clutter,
+    position, size, rotation, colour, texture) with another object class: every random draw
+    is the same, only the drawn shape changes. Both give exact counterfactuals.
     """
     rng = sample_rng(config, split, index)
     n_cls = len(SHAPE_CLASSES)
-    label = int(rng.integers(n_cls)) if split == "train" else int(index % n_cls)
+    drawn = int(rng.integers(n_cls)) if split == "train" else int(index % n_cls)
+    if label is None:
+        label = drawn
+    elif not 0 <= label < n_cls:
+        raise ValueError(f"label must be in [0, {n_cls}), got {label}")
     n, ss = config.img_size, config.supersample
     big = n * ss
     scale = float(big)  # fractions of img_size -> supersampled pixels
@@ -453,7 +460,50 @@ def render_sample(
             int(math.ceil((cx + r) / ss)),
             int(math.ceil((cy + r) / ss)),
         )
-    return ShapeSample(image=image, mask=mask, label=label, bbox=bbox)
+    return ShapeSample(image=image, mask=mask, label=label, bbox=bbox, coverage=np.asarray(cover, dtype=np.uint8).copy())
+
+
+COUNTERFACTUALS = ("class", "none")
+
+
+@dataclass
+class CounterfactualPair:
+    """A clean sample and the same scene with the target object changed (``kind`` "class" or "none").
+
+    ``footprint`` marks every pixel that either object covers even partly (antialiased edges
+    included): the two images are identical outside it.
+    """
+
+    clean: ShapeSample
+    counterfactual: ShapeSample
+    kind: str
+    footprint: np.ndarray
+
+
+def counterfactual_label(config: ShapesConfig, split: str, index: int) -> int:
+    """The other class of sample ``index``'s "class" counterfactual: uniform over the other nine, seeded."""
+    clean = sample_label(config, split, index)
+    rng = np.random.default_rng([config.seed, _split_id(split), int(index), 1])
+    return int((clean + 1 + rng.integers(len(SHAPE_CLASSES) - 1)) % len(SHAPE_CLASSES))
+
+
+def render_counterfactual(config: ShapesConfig, split: str, index: int, kind: str = "class") -> CounterfactualPair:
+    """Sample ``index`` and its exact counterfactual: another object class ("class") or no object ("none").
+
+    Deterministic from (seed, split, index, kind). The counterfactual's ``mask`` is its own
+    object's (all False for "none"), its ``label`` the other class (the clean label for "none").
+    """
+    if kind not in COUNTERFACTUALS:
+        raise ValueError(f"counterfactual kind must be one of {COUNTERFACTUALS}, got {kind!r}")
+    clean = render_sample(config, split, index)
+    if kind == "class":
+        other = render_sample(config, split, index, label=counterfactual_label(config, split, index))
+    else:
+        other = render_sample(config, split, index, draw_object=False)
+        other = ShapeSample(other.image, np.zeros_like(other.mask), clean.label, other.bbox,
+                            np.zeros_like(other.coverage))
+    footprint = (clean.coverage > 0) | (other.coverage > 0)
+    return CounterfactualPair(clean, other, kind, footprint)
 
 
 class ShapesDataset(Dataset):
