@@ -252,9 +252,22 @@ def runs_for(runs: Sequence[RunInfo], spec: AnalysisSpec) -> list[RunInfo]:
 # --------------------------------------------------------------------------- tables
 
 
+class UnreadableTableError(ValueError):
+    """A run's parquet table that cannot be read (truncated, half-written or not parquet)."""
+
+
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """A parquet table (the caller caches by file key)."""
-    return pd.read_parquet(path)
+    """A parquet table (the caller caches by file key); ``UnreadableTableError`` naming the file when it is broken."""
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        p = Path(path)
+        raise UnreadableTableError(
+            f"table {p.name} in {p.parent} cannot be read ({type(err).__name__}: {err}); it is truncated, "
+            "half-written or not a parquet file: rerun the run's command (with --force if it finished)"
+        ) from err
 
 
 def figures_for(figures: Sequence[str], models: Sequence[str], model: str | None) -> list[str]:
@@ -522,5 +535,5 @@ __all__ = [
     "ANALYSES", "ANALYSIS_BY_KEY", "AnalysisSpec", "AttentionMaps", "Problem", "RunInfo", "attention_maps",
     "check_meta", "class_names", "file_key", "find_checkpoint", "figures_for", "find_runs", "for_model", "int_values", "is_within",
     "load_run", "markdown_parts", "model_card", "open_data", "read_meta", "read_table", "runs_for", "spec_for",
-    "step_head_filter", "to_csv_bytes",
+    "step_head_filter", "to_csv_bytes", "UnreadableTableError",
 ]

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from .commands.common import HelpFormatter
+from .data.imagenet_s import SampleError
 
 # (subcommand, module under bvit_interp.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
@@ -28,6 +29,11 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("data", "data", "dataset utilities: export the procedural shapes set (ImageNet-S / ImageFolder layout)"),
     ("bench", "bench", "benchmarks: hook overhead, pointing-game throughput, training speed"),
 ]
+
+
+# Errors a user's input causes: printed as one ``error:`` line (exit 2); --debug shows the traceback.
+# (DeviceError, DataSpecError and the checkpoint errors are ValueErrors; SampleError is an unusable image.)
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError, KeyError, SampleError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,10 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+    except USER_ERRORS as err:
         if getattr(args, "debug", False):
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        if isinstance(err, SampleError):
+            msg = f"unusable image ({err})"
         print(f"bvit-interp {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

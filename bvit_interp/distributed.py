@@ -38,15 +38,42 @@ def init_distributed(device: str) -> DistInfo:
     return DistInfo(rank, world, local)
 
 
-def resolve_device(device: str, info: DistInfo) -> torch.device:
-    """``auto`` picks CUDA when present; under torchrun each process gets its local GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and info.enabled:
-        return torch.device("cuda", info.local_rank)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} requested but CUDA is not available")
-    return torch.device(device)
+class DeviceError(ValueError):
+    """A ``--device`` value that names no device usable on this machine."""
+
+
+DEVICE_CHOICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
+def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
+    """The one ``--device`` resolver: ``auto`` picks CUDA when present; under torchrun ``cuda`` is the local GPU.
+
+    Raises ``DeviceError`` (a ``ValueError`` naming the option) for a malformed value or a device this
+    machine does not have, before anything is loaded or written.
+    """
+    spec = str(device).strip()
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise DeviceError(f"--device {device}: not a device; use {DEVICE_CHOICES}") from err
+    if resolved.type == "cpu":
+        return torch.device("cpu")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise DeviceError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        if resolved.index is None and info is not None and info.enabled:
+            return torch.device("cuda", info.local_rank)
+        return resolved
+    if resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(f"--device {device}: Apple MPS is not available on this machine; use --device cpu")
+        return resolved
+    raise DeviceError(f"--device {device}: unsupported device type {resolved.type!r}; use {DEVICE_CHOICES}")
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -144,3 +144,33 @@ def test_gradients_flow_through_capture_without_detach(micro_bvit, micro_images)
         micro_bvit(x, steps=2)
     cache["mlp.post", 1][..., 5].mean().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("blocks", "steps"), [(1, 12), (12, 1), (2, 6)])
+def test_hook_name_round_trip(blocks: int, steps: int) -> None:
+    """hook_name(site, layer) and hook_layer(name) are inverse, and name the hooks a forward fires."""
+    from bvit_interp.model.hooks import BLOCK_SITES as SITES
+    from bvit_interp.model.hooks import hook_layer, hook_name, layer_position
+
+    torch.manual_seed(0)
+    model = build_model("bvit_micro", blocks=blocks, steps=steps).eval()
+    layers = range(blocks * steps)
+    for site in SITES:
+        for layer in layers:
+            name = hook_name(site, layer, blocks)
+            assert hook_layer(name, blocks) == (site, layer)
+            assert model.hook_name(site, layer) == name and model.hook_layer(name) == (site, layer)
+            step, block = layer_position(layer, blocks)
+            assert name == (f"steps.{step}.{site}" if blocks == 1 else f"steps.{step}.blocks.{block}.{site}")
+    assert hook_name("embed", None, blocks) == "embed" and hook_layer("final", blocks) == ("final", None)
+    fired: list[str] = []
+    with torch.no_grad(), model.hooked([("resid_post", lambda _t, name: fired.append(name))]):
+        model(torch.randn(1, 3, 16, 16))
+    assert fired == [hook_name("resid_post", layer, blocks) for layer in layers]
+    with pytest.raises(KeyError, match="not per step"):
+        hook_name("embed", 0, blocks)
+    with pytest.raises(KeyError, match="unknown hook site"):
+        hook_name("attn.zz", 0, blocks)
+    if blocks > 1:
+        with pytest.raises(ValueError, match="not one layer"):
+            hook_layer("steps.0.resid_post", blocks)

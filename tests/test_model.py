@@ -133,6 +133,8 @@ def test_load_mismatched_checkpoint_names_keys(tmp_path, micro_bvit) -> None:
     state["head.weight"] = torch.zeros(7, 32)
     state["blocks.1.norm1.weight"] = torch.ones(32)
     save_file(state, str(weights))
+    doc_path = tmp_path / "m.json"  # a hand-edited checkpoint: no recorded hash to fail first
+    doc_path.write_text(json.dumps({k: v for k, v in json.loads(doc_path.read_text()).items() if k != "weights_sha256"}))
     with pytest.raises(ValueError) as err:
         load_model(tmp_path / "m")
     msg = str(err.value)

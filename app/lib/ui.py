@@ -15,6 +15,7 @@ from bvit_interp.app_support import (
     ANALYSIS_BY_KEY,
     AnalysisSpec,
     RunInfo,
+    UnreadableTableError,
     figures_for,
     int_values,
     runs_for,
@@ -53,6 +54,10 @@ def guard(what: str) -> Iterator[None]:
     """Show a short warning instead of a traceback when a section fails (``--debug`` re-raises)."""
     try:
         yield
+    except UnreadableTableError as err:  # a broken file of the run: an error naming it
+        if get_config().debug:
+            raise
+        st.error(f"Could not show {what}: {err}", icon=":material/error:")
     except Exception as err:  # noqa: BLE001 - the browser must never show a stack trace
         if get_config().debug:
             raise
@@ -199,9 +204,10 @@ def steps_and_heads(ctx: PageContext, names: Sequence[str]) -> tuple[list[int], 
     heads: set[int] = set()
     for name in names:
         if ctx.has_table(name):
-            df = ctx.table(name)
-            steps.update(int_values(df, "step"))
-            heads.update(int_values(df, "head"))
+            with guard(f"table {name}"):
+                df = ctx.table(name)
+                steps.update(int_values(df, "step"))
+                heads.update(int_values(df, "head"))
     return sorted(steps), sorted(heads)
 
 

@@ -118,7 +118,10 @@ def neuron_row(ctx: PageContext, opt: dict, ex: dict, targets: pd.DataFrame, neu
 
 def render(ctx: PageContext) -> None:
     """The feature visualization page body."""
-    targets = ctx.table("targets") if ctx.has_table("targets") else pd.DataFrame(columns=["neuron", "step"])
+    targets = pd.DataFrame(columns=["neuron", "step"])
+    if ctx.has_table("targets"):
+        with guard("the targets table"):
+            targets = ctx.table("targets")
     opt, ex = {}, {}
     with guard("the optimised images"):
         opt, ex = images_by_target(ctx)

@@ -186,11 +186,12 @@ def per_class(ctx: PageContext, step: int, head: int) -> None:
 
 def render(ctx: PageContext) -> None:
     """The pointing page body."""
-    if missing(ctx, "hit_rates", "summary"):
-        steps, heads = [], []
-    else:
-        hr, summary = ctx.table("hit_rates"), ctx.table("summary")
-        steps, heads = int_values(hr, "step"), int_values(hr, "head")
+    steps: list[int] = []
+    heads: list[int] = []
+    if not missing(ctx, "hit_rates", "summary"):
+        with guard("the hit rates"):  # a broken table is an error naming it; the rest of the page still shows
+            hr, summary = ctx.table("hit_rates"), ctx.table("summary")
+            steps, heads = int_values(hr, "step"), int_values(hr, "head")
     step, head = step_picker(steps), head_picker(heads)
     if step is not None and head is not None:
         with guard("the hit rates"):

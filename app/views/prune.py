@@ -36,7 +36,10 @@ def render(ctx: PageContext) -> None:
     """The pruning page body."""
     steps, _ = steps_and_heads(ctx, ["steps"])
     step = step_picker(steps)
-    summary = ctx.table("summary") if ctx.has_table("summary") else pd.DataFrame()
+    summary = pd.DataFrame()
+    if ctx.has_table("summary"):
+        with guard("the rounds"):
+            summary = ctx.table("summary")
     rounds = int_values(summary, "round")
     rnd = st.sidebar.select_slider("Round", rounds, value=rounds[-1], key="prune_round") if len(rounds) > 1 else (
         rounds[0] if rounds else None)

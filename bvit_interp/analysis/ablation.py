@@ -9,7 +9,9 @@ the layer is skipped (a time embedding, if any, is still added).
 Cost: a naive map runs one full forward of L layers per (layer, variant): V * L^2 layer
 applications per image. Here one clean pass captures ``resid_pre`` of every layer and each
 variant of layer l resumes from that state, so only layers l..L-1 run: V * L (L + 1) / 2
-applications, at best 2L / (L + 1) times fewer (1.85x for L = 12). Variants are stacked
+applications, at best 2L / (L + 1) times fewer (1.85x for L = 12). Every variant is an activation
+patch (``bvit_interp.model.patching``): zero / mean ablation patch ``attn.z`` with a constant
+source, the skip patches ``resid_post`` with the layer's ``resid_pre``. Variants are stacked
 along the batch up to ``max_batch`` images per forward, by default only on CUDA: on a CPU,
 stacking the 9 variants of ``bvit_tiny`` into 576-image forwards cost 18% more than one
 64-image forward per variant. ``naive=True`` runs the naive loop (for tests and
@@ -18,7 +20,7 @@ benchmarks); both give the same numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,8 +30,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..model import BViT
-from ..model.hooks import parse_name, site_name
-from .states import batches, finish
+from ..model.patching import Patch, Source, run_patched
+from .states import batches
 
 HEAD_MODES = ("zero", "mean", "none")
 Variant = tuple[str, int]  # (mode, head); ("skip", -1) skips the whole layer
@@ -61,11 +63,6 @@ def variants_for(num_heads: int, options: AblationOptions) -> list[Variant]:
     return out + [("skip", -1)] if options.skip_steps else out
 
 
-def _name(model: BViT, site: str, layer: int) -> str:
-    t, b = divmod(layer, model.num_blocks)
-    return site_name(site, t, b, model.num_blocks)
-
-
 @torch.no_grad()
 def head_means(model: BViT, loader: DataLoader, device: torch.device | str = "cpu") -> torch.Tensor:
     """Mean of ``attn.z`` over all images, per layer, head and token: (layers, H, N, Dh)."""
@@ -73,8 +70,8 @@ def head_means(model: BViT, loader: DataLoader, device: torch.device | str = "cp
     count = 0
 
     def accumulate(z: torch.Tensor, name: str) -> None:
-        _, t, b = parse_name(name)
-        layer = (t or 0) * model.num_blocks + (b or 0)
+        layer = model.hook_layer(name)[1]
+        assert layer is not None
         total = z.double().sum(0)
         sums[layer] = sums[layer] + total if layer in sums else total
 
@@ -88,41 +85,18 @@ def head_means(model: BViT, loader: DataLoader, device: torch.device | str = "cp
     return torch.stack([sums[layer] for layer in sorted(sums)]).div(count).float()
 
 
-def _z_edit(variants: Sequence[Variant], batch: int, means: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """attn.z edit for a stack of variants along the batch (variant v owns rows v*batch .. (v+1)*batch-1)."""
-
-    def edit(z: torch.Tensor) -> torch.Tensor:
-        z = z.clone()
-        for v, (mode, head) in enumerate(variants):
-            rows = slice(v * batch, (v + 1) * batch)
-            if mode == "zero":
-                z[rows, head] = 0
-            elif mode == "mean":
-                assert means is not None
-                z[rows, head] = means[head].to(z.dtype)
-        return z
-
-    return edit
-
-
-def _skip_edit(variants: Sequence[Variant], batch: int, resid_pre: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """resid_post edit: rows of "skip" variants get the layer's input back."""
-    skip = torch.tensor([mode == "skip" for mode, _ in variants], device=resid_pre.device).repeat_interleave(batch)
-
-    def edit(post: torch.Tensor) -> torch.Tensor:
-        return torch.where(skip[:, None, None], resid_pre, post)
-
-    return edit
-
-
-def _edits(model: BViT, layer: int, variants: Sequence[Variant], batch: int, means: torch.Tensor | None,
-           resid_pre: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    edits = {}
-    if any(mode in ("zero", "mean") for mode, _ in variants):
-        edits[_name(model, "attn.z", layer)] = _z_edit(variants, batch, means)
-    if any(mode == "skip" for mode, _ in variants):
-        edits[_name(model, "resid_post", layer)] = _skip_edit(variants, batch, resid_pre)
-    return edits
+def variant_patches(layer: int, variant: Variant, means: torch.Tensor | None, resid_pre: Source) -> list[Patch]:
+    """The patches of one ablation variant at ``layer``: zero / mean are constant sources, skip writes resid_pre back."""
+    mode, head = variant
+    if mode == "zero":
+        return [Patch("attn.z", layer, 0.0, head=head)]
+    if mode == "mean":
+        if means is None:
+            raise ValueError("mean ablation needs the per-layer head means")
+        return [Patch("attn.z", layer, means, head=head)]
+    if mode == "skip":
+        return [Patch("resid_post", layer, resid_pre)]
+    return []  # "none": the control
 
 
 @torch.no_grad()
@@ -130,11 +104,8 @@ def resume_ablated(
     model: BViT, resid_pre: torch.Tensor, layer: int, variants: Sequence[Variant], means: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Logits (V, B, C) of each variant ablated at ``layer``, resumed from that layer's clean ``resid_pre`` (B, N, D)."""
-    batch = len(resid_pre)
-    x = resid_pre.repeat(len(variants), 1, 1)
-    with model.patch(_edits(model, layer, variants, batch, means, x)):
-        h = model.layer(x, layer)
-    return finish(model, h, layer + 1).reshape(len(variants), batch, -1)
+    patches = [variant_patches(layer, v, means, resid_pre) for v in variants]
+    return run_patched(model, resid_pre, patches, start=layer)
 
 
 @torch.no_grad()
@@ -142,17 +113,10 @@ def naive_ablated(
     model: BViT, x: torch.Tensor, layer: int, variant: Variant, means: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Logits (B, C) of one variant at ``layer`` from a full forward of the images ``x`` (the reference)."""
-    edits: dict[str, Callable[[torch.Tensor], torch.Tensor | None]]
-    if variant[0] == "skip":
-        store: list[torch.Tensor] = []
-        edits = {
-            _name(model, "resid_pre", layer): lambda a: store.append(a.clone()),  # read only: returns None
-            _name(model, "resid_post", layer): lambda a: store[-1],
-        }
-    else:
-        edits = {_name(model, "attn.z", layer): _z_edit([variant], len(x), means)}
-    with model.patch(edits):
-        return model(x)
+    store: list[torch.Tensor] = []
+    read = [(model.hook_name("resid_pre", layer), lambda a, _n: store.append(a.clone()))]  # read only: returns None
+    with model.hooked(read if variant[0] == "skip" else []):
+        return run_patched(model, x, [variant_patches(layer, variant, means, lambda: store[-1])])[0]
 
 
 @torch.no_grad()

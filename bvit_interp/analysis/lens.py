@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..model import BViT
+from ..model.hooks import layer_position
 from .states import batches, cls_states, readout
 
 
@@ -25,6 +26,10 @@ class LensOptions:
     """How far to run: ``max_steps`` recurrent steps (default 2T for a recurrent model, T otherwise)."""
 
     max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -38,7 +43,7 @@ def default_max_steps(model: BViT) -> int:
 @torch.no_grad()
 def lens_logits(model: BViT, x: torch.Tensor, max_steps: int | None = None) -> torch.Tensor:
     """Readout logits after every unrolled layer of a ``max_steps`` run: (layers, B, C)."""
-    return readout(model, cls_states(model, x, max_steps or default_max_steps(model)))
+    return readout(model, cls_states(model, x, default_max_steps(model) if max_steps is None else max_steps))
 
 
 @torch.no_grad()
@@ -50,7 +55,7 @@ def lens_predictions(
 ) -> pd.DataFrame:
     """Long table per (image, step): label, pred, correct, confidence (max softmax), p_label."""
     model.eval().to(device)
-    max_steps = options.max_steps or default_max_steps(model)
+    max_steps = default_max_steps(model) if options.max_steps is None else options.max_steps
     frames, offset = [], 0
     for x, y in batches(loader, device, desc=f"readout {model.config.name}"):
         probs = lens_logits(model, x, max_steps).float().softmax(-1)
@@ -84,7 +89,7 @@ def lens_summary(predictions: pd.DataFrame, model: BViT) -> pd.DataFrame:
     out.loc[out["step"] == out["step"].min(), "flip_rate"] = np.nan
     horizon = model.num_layers()
     out["beyond_horizon"] = out["step"] > horizon
-    out["recurrent_step"] = (out["step"] - 1) // model.num_blocks + 1
+    out["recurrent_step"] = [layer_position(int(s) - 1, model.num_blocks)[0] + 1 for s in out["step"]]
     return out
 
 

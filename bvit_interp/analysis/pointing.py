@@ -70,8 +70,8 @@ class PointingOptions:
         ):
             if value not in allowed:
                 raise ValueError(f"pointing option {name}={value!r}: choose one of {allowed}")
-        if self.tolerance < 0:
-            raise ValueError(f"tolerance must be >= 0 pixels, got {self.tolerance}")
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise ValueError(f"tolerance must be a finite number >= 0 pixels, got {self.tolerance}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +56,7 @@ def pointing_game(
     source: PointingSource,
     options: PointingOptions,
     run: Run,
-    limit: int | None = None,
+    indices: Sequence[int] | None = None,
     chunk_size: int = 512,
     batch_size: int = 64,
     workers: int = 0,
@@ -67,12 +67,17 @@ def pointing_game(
     dist_info: DistInfo | None = None,
     seed: int = 0,
 ) -> PointingTables:
-    """Score every model on the first ``limit`` images; chunks already in ``run`` are reused (resume).
+    """Score every model on the source's images ``indices`` (default: all); chunks already in ``run`` are reused.
+
+    Raises ``ValueError`` when a model has no usable image at all (the skipped table is written first).
 
     ``seed`` seeds the bootstrap over classes of the macro rates' intervals.
     """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     info = dist_info or DistInfo()
-    n = len(source) if limit is None else min(limit, len(source))
+    chosen = list(range(len(source))) if indices is None else list(indices)
+    n = len(chosen)
     collected: dict[str, list[pd.DataFrame]] = {k: [] for k in PART_KINDS}
     for name, model in models.items():
         for start in range(0, n, chunk_size):
@@ -81,7 +86,7 @@ def pointing_game(
                 frames = tuple(run.read_table(f"{part}_{k}") for k in PART_KINDS)
             else:
                 frames = score_model(
-                    model, source, options, range(start, min(n, start + chunk_size)), batch_size, workers,
+                    model, source, options, chosen[start : start + chunk_size], batch_size, workers,
                     device, amp, strict, progress, info,
                 )
                 frames = _gather(frames, info)
@@ -91,6 +96,16 @@ def pointing_game(
             for kind, frame in zip(PART_KINDS, frames, strict=True):
                 collected[kind].append(frame.assign(model=name))
     points, images, skipped = (pd.concat(collected[k], ignore_index=True) for k in PART_KINDS)
+    unscored = [name for name in models if not (images["model"] == name).any()]
+    if unscored:
+        if info.is_main:
+            run.write_table("skipped", skipped)
+        mine = skipped[skipped["model"] == unscored[0]]
+        reasons = ", ".join(f"{count} {reason}" for reason, count in mine["reason"].value_counts().items())
+        raise ValueError(
+            f"no usable images in {source.description} for model {unscored[0]}: all {n} were skipped "
+            f"({reasons or 'none listed'}); see the skipped table {run.file('skipped.parquet')}"
+        )
     points["hit"] = points["hit"].astype(bool)
     points["excluded"] = points["excluded"].eq(True) if "excluded" in points else False  # parts without it: False
     images["centre_hit"] = images["centre_hit"].astype(bool)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.imagenet_s import ImageNetS, SampleError
-from ..data.shapes import SHAPE_WNIDS, ShapesConfig, render_sample, split_length
+from ..data.shapes import SHAPE_WNIDS, ShapesConfig, render_sample, sample_label, split_length
 
 
 @dataclass
@@ -35,6 +35,8 @@ class PointingSource(Protocol):
 
     def name(self, index: int) -> str: ...
 
+    def wnids(self) -> list[str]: ...
+
     def load(self, index: int) -> PointingItem: ...
 
 
@@ -52,6 +54,10 @@ class ShapesSource:
 
     def name(self, index: int) -> str:
         return f"shape_{index:06d}"
+
+    def wnids(self) -> list[str]:
+        """Class (wnid) of every image in index order, without rendering any."""
+        return [SHAPE_WNIDS[sample_label(self.config, self.split, i)] for i in range(len(self))]
 
     def load(self, index: int) -> PointingItem:
         s = render_sample(self.config, self.split, index)
@@ -73,6 +79,10 @@ class ImageNetSSource:
     def name(self, index: int) -> str:
         s = self.dataset.samples[index]
         return f"{s.wnid}/{s.image_path.name}"
+
+    def wnids(self) -> list[str]:
+        """Class folder (wnid) of every listed image in index order, without loading any."""
+        return [s.wnid for s in self.dataset.samples]
 
     def load(self, index: int) -> PointingItem:
         s = self.dataset.samples[index]

@@ -12,6 +12,7 @@ from .common import (
     create_run,
     load_models,
     parse_list,
+    positive_int,
     print_summary,
     resolve_device,
     val_loader,
@@ -26,7 +27,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated head ablations from {', '.join(HEAD_MODES)} ('none' is a no-op control)")
     p.add_argument("--no-skip", action="store_true", help="do not run whole-step skips")
     p.add_argument("--steps", type=parse_list, help="comma-separated 1-based steps to ablate (default: all)")
-    p.add_argument("--max-batch", type=int,
+    p.add_argument("--max-batch", type=positive_int,
                    help="images per resumed forward, a layer's variants stacked up to this (default: 1024 on CUDA, "
                         "no stacking on CPU, where it is slower)")
 
@@ -36,11 +37,15 @@ def run(args: argparse.Namespace) -> int:
     models = load_models(args, device)
     options = AblationOptions(modes=tuple(args.modes), skip_steps=not args.no_skip, steps=args.steps,
                               max_batch=args.max_batch)
+    for m in models:
+        n_layers = m.model.num_layers()
+        if options.steps and any(not 1 <= s <= n_layers for s in options.steps):
+            raise ValueError(f"--steps {','.join(map(str, options.steps))}: model {m.label} has steps 1..{n_layers}")
+    loaders = [val_loader(args, m.model.config)[0] for m in models]  # data checked before the run exists
     out = create_run(args, "ablate", models, **options.to_dict())
     tables: dict[str, list] = {"head_ablation": [], "step_ablation": []}
     summaries = {}
-    for m in models:
-        loader, _ = val_loader(args, m.model.config)
+    for m, loader in zip(models, loaders, strict=True):
         heads, steps, summary = ablate(m.model, loader, options, device)
         tables["head_ablation"].append(with_model(heads, m.label))
         tables["step_ablation"].append(with_model(steps, m.label))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -20,11 +22,79 @@ from torch.utils.data import DataLoader, Subset
 from ..data.datasets import ImageNetLabels, build_datasets
 from ..data.transforms import eval_transform
 from ..defaults import DEFAULT_DATA, model_label, resolve_model
+from ..distributed import resolve_device  # the one --device resolver; commands import it from here
 from ..model import BViT, BViTConfig
 from ..results import Run
 
 DEFAULT_MODELS: tuple[str, ...] = ("bvit_tiny", "vit_tiny")
 
+# --------------------------------------------------------------------------- argparse value types
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    return _int_at_least(text, 1)
+
+
+def nonneg_int(text: str) -> int:
+    """An integer >= 0 (argparse type)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from err
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A finite float: 'nan' and 'inf' are refused (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    """A finite float >= 0 (argparse type)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0 (argparse type)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A finite float in [0, 1] (argparse type)."""
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
+    return value
+
+
+def float_pair(text: str) -> tuple[float, float]:
+    """'lo,hi' as two finite floats with lo <= hi (argparse type)."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected 'low,high', got {text!r}")
+    lo, hi = (finite_float(p) for p in parts)
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"low must be <= high, got {text!r}")
+    return lo, hi
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -54,25 +124,15 @@ def add_common_args(
     p.set_defaults(_default_models=tuple(default_models))
     p.add_argument("--data", default=DEFAULT_DATA,
                    help="'shapes', 'cifar10:ROOT', 'cifar100:ROOT' or an ImageFolder root with train/ and val/")
-    p.add_argument("--limit", type=int, default=default_limit,
+    p.add_argument("--limit", type=positive_int, default=default_limit,
                    help="use N validation images (a seeded random subset; default: all)")
-    p.add_argument("--batch-size", type=int, default=default_batch_size, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument("--batch-size", type=positive_int, default=default_batch_size, help="images per forward pass")
+    p.add_argument("--workers", type=nonneg_int, default=0, help="data-loader worker processes")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     p.add_argument("--seed", type=int, default=0, help="random seed (image subset, fits; recorded in the run)")
     p.add_argument("--out", default=default_out, help="run directory to write")
     p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
-
-
-def resolve_device(spec: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; anything else as torch understands it."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {spec}: CUDA is not available on this machine")
-    return device
 
 
 @dataclass
@@ -120,6 +180,33 @@ def subset_indices(n: int, limit: int | None, seed: int) -> list[int]:
         return list(range(n))
     g = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(n, generator=g)[:limit].tolist())
+
+
+def stratified_indices(labels: Sequence[Hashable], limit: int | None, seed: int) -> list[int]:
+    """All indices, or a sorted seeded random subset of ``limit`` with each class in proportion to its size.
+
+    Each class gets floor(limit * size / n) images and the remaining ones go to the largest
+    remainders (ties broken at random), so a subset smaller than the number of classes still
+    spreads over as many classes as it can; the images of a class are a random draw.
+    """
+    n = len(labels)
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    if limit is None or limit >= n:
+        return list(range(n))
+    rng = np.random.default_rng(seed)
+    groups: dict[Hashable, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    members = list(groups.values())
+    quota = np.array([len(m) for m in members], dtype=np.float64) * limit / n
+    counts = np.floor(quota).astype(np.int64)
+    left = limit - int(counts.sum())
+    if left:
+        order = np.lexsort((rng.random(len(members)), -(quota - counts)))  # largest remainder, random ties
+        counts[order[:left]] += 1
+    chosen = [i for m, k in zip(members, counts, strict=True) if k for i in rng.choice(m, size=int(k), replace=False)]
+    return sorted(int(i) for i in chosen)
 
 
 def data_loader(

@@ -41,50 +41,60 @@ from ..analysis.featviz.optimize import SCHEDULES
 from ..analysis.featviz_plots import complexity_figure, grid_figure, neuron_figure
 from ..defaults import DEFAULT_MODEL
 from ..results import Run, atomic_write
-from .common import add_common_args, create_run, load_models, resolve_device, val_loader
+from .common import (
+    add_common_args,
+    create_run,
+    float_pair,
+    load_models,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    resolve_device,
+    val_loader,
+)
 
 DEFAULT_TOP = 3
 
 
-def _pair(text: str) -> tuple[float, float]:
-    """Parse 'lo,hi' (argparse type)."""
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected 'low,high', got {text!r}") from err
-    return lo, hi
-
-
 def add_parser(p: argparse.ArgumentParser) -> None:
     add_common_args(p, default_out="runs/featviz", multi_model=False, default_models=(DEFAULT_MODEL,), default_batch_size=128)
-    p.add_argument("--exemplars-limit", dest="limit", type=int, default=argparse.SUPPRESS,
+    p.add_argument("--exemplars-limit", dest="limit", type=positive_int, default=argparse.SUPPRESS,
                    help="same as --limit: rank exemplars on N validation images")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--neurons", type=int, nargs="+", metavar="N", help="FFN hidden units to visualize")
-    which.add_argument("--top", type=int, metavar="N",
+    which.add_argument("--neurons", type=nonneg_int, nargs="+", metavar="N", help="FFN hidden units to visualize")
+    which.add_argument("--top", type=positive_int, metavar="N",
                        help=f"visualize the N neurons whose best real activation varies most across steps (default {DEFAULT_TOP})")
     p.add_argument("--control-random", type=int, default=0, metavar="N",
                    help="also visualize N randomly drawn neurons (seeded by --seed, none of the selected ones) as a "
                         "control: --top picks neurons whose preferred inputs vary across steps by construction")
-    p.add_argument("--steps", type=int, nargs="+", metavar="S", help="1-based steps (unrolled layers for a ViT); default all")
-    p.add_argument("--patch", type=int, help="maximise the neuron at this patch token instead of its mean over patch tokens")
-    p.add_argument("--iterations", type=int, default=400, help="optimisation steps (Ghiasi: 400)")
-    p.add_argument("--copies", type=int, default=8, help="augmented copies per image and iteration (Ghiasi: 8)")
-    p.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (betas 0.5, 0.99)")
+    p.add_argument("--steps", type=positive_int, nargs="+", metavar="S", help="1-based steps (unrolled layers for a ViT); default all")
+    p.add_argument("--patch", type=nonneg_int, help="maximise the neuron at this patch token instead of its mean over patch tokens")
+    p.add_argument("--iterations", type=positive_int, default=400, help="optimisation steps (Ghiasi: 400)")
+    p.add_argument("--copies", type=positive_int, default=8, help="augmented copies per image and iteration (Ghiasi: 8)")
+    p.add_argument("--lr", type=positive_float, default=0.1, help="Adam learning rate (betas 0.5, 0.99)")
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule")
     p.add_argument("--param", choices=PARAMS, default="pixel",
                    help="pixel: clamped pixels (Ghiasi); pixel-sigmoid; spectral: Lucid's 1/f decorrelated parameterization")
-    p.add_argument("--tv-weight", type=float, default=0.0005, help="total-variation weight (Ghiasi: 0.0005)")
-    p.add_argument("--jitter", type=int, help="max roll in pixels (default: 32 px at 224 px, scaled to the model's size)")
-    p.add_argument("--color-shift", type=float, default=1.0, help="colour shift range (0 disables)")
-    p.add_argument("--color-scale", type=float, default=1.0, help="log colour scale range (0 disables)")
-    p.add_argument("--noise", type=float, default=0.5, help="std of the annealed per-channel noise at the start")
-    p.add_argument("--scale", type=_pair, help="random zoom range 'lo,hi' (default off)")
-    p.add_argument("--rotate", type=float, default=0.0, help="max random rotation in degrees (default off)")
-    p.add_argument("--images-per-target", type=int, default=1, help="images per (neuron, step); >1 with --diversity")
-    p.add_argument("--diversity", type=float, default=0.0, help="weight of the diversity penalty between a target's images")
-    p.add_argument("--exemplars-k", type=int, default=8, help="dataset exemplars kept per (neuron, step)")
+    p.add_argument("--tv-weight", type=nonneg_float, default=0.0005, help="total-variation weight (Ghiasi: 0.0005)")
+    p.add_argument("--jitter", type=nonneg_int, help="max roll in pixels (default: 32 px at 224 px, scaled to the model's size)")
+    p.add_argument("--color-shift", type=nonneg_float, default=1.0, help="colour shift range (0 disables)")
+    p.add_argument("--color-scale", type=nonneg_float, default=1.0, help="log colour scale range (0 disables)")
+    p.add_argument("--noise", type=nonneg_float, default=0.5, help="std of the annealed per-channel noise at the start")
+    p.add_argument("--scale", type=float_pair, help="random zoom range 'lo,hi' (default off)")
+    p.add_argument("--rotate", type=nonneg_float, default=0.0, help="max random rotation in degrees (default off)")
+    p.add_argument("--images-per-target", type=positive_int, default=1, help="images per (neuron, step); >1 with --diversity")
+    p.add_argument("--diversity", type=nonneg_float, default=0.0, help="weight of the diversity penalty between a target's images")
+    p.add_argument("--exemplars-k", type=positive_int, default=8, help="dataset exemplars kept per (neuron, step)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the optimisation forward (CUDA speed; slightly changes images)")
+
+
+def _checked_target(target: Target, model: torch.nn.Module) -> None:
+    """``Target.check`` with the option names in the message."""
+    try:
+        target.check(model)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise ValueError(f"--neurons/--steps/--patch: {err}") from err
 
 
 def _options(args: argparse.Namespace) -> FeatvizOptions:
@@ -154,11 +164,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top must be >= 1, got {args.top}")
     if args.control_random < 0:
         raise ValueError(f"--control-random must be >= 0, got {args.control_random}")
+    for n in args.neurons or [0]:  # targets checked before the run exists (--top's neurons come later)
+        for s in args.steps or [1]:
+            _checked_target(Target(n, s, args.patch), model)
     statistic = "mean" if args.patch is None else "max"
+    loader, _ = val_loader(args, model.config)
     run_dir = create_run(args, "featviz", [loaded], featviz=options.to_dict(), neurons=args.neurons, top=args.top,
                          steps=args.steps, patch=args.patch, exemplars_k=args.exemplars_k, amp=args.amp,
                          control_random=args.control_random)
-    loader, _ = val_loader(args, model.config)
     subset = loader.dataset
     dataset, indices = subset.dataset, subset.indices  # type: ignore[attr-defined]
 

@@ -10,6 +10,7 @@ from .common import (
     add_common_args,
     create_run,
     load_models,
+    positive_int,
     print_summary,
     resolve_device,
     val_loader,
@@ -20,7 +21,7 @@ from .common import (
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     add_common_args(p, "runs/lens")
-    p.add_argument("--max-steps", type=int,
+    p.add_argument("--max-steps", type=positive_int,
                    help="recurrent steps to run (default: 2T for a bViT, beyond the horizon; T for a ViT)")
 
 
@@ -28,11 +29,11 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = load_models(args, device)
     options = LensOptions(max_steps=args.max_steps)
+    loaders = [val_loader(args, m.model.config)[0] for m in models]  # data checked before the run exists
     out = create_run(args, "lens", models, **options.to_dict())
     tables: dict[str, list] = {"lens": [], "predictions": []}
     summaries = {}
-    for m in models:
-        loader, _ = val_loader(args, m.model.config)
+    for m, loader in zip(models, loaders, strict=True):
         table, preds, summary = lens(m.model, loader, options, device)
         tables["lens"].append(with_model(table, m.label))
         tables["predictions"].append(with_model(preds, m.label))

@@ -18,10 +18,18 @@ import pandas as pd
 from ..analysis.pruning import ALL
 from ..analysis.pruning_plots import pruning_figure, utilization_figure
 from ..pruning.masks import LAYER_TYPES
-from ..pruning.rtl import PRESETS, PruneConfig, RTLPruner, preset_config
+from ..pruning.rtl import PRESETS, PruneConfig, RTLPruner, build_model_and_data, preset_config
 from ..pruning.strategy import SCOPES
 from ..results import Run
-from .common import resolve_device
+from .common import (
+    finite_float,
+    fraction,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    resolve_device,
+)
 
 
 def _types(text: str) -> tuple[str, ...]:
@@ -49,26 +57,26 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", metavar="NAME|PATH", help="start from these weights (bundled model or checkpoint) instead of a fresh init; they are theta_0")
     p.add_argument("--data", default="shapes", help="'shapes', 'cifar10:ROOT', 'cifar100:ROOT' or an ImageFolder root with train/ and val/")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="fills unset options: paper = App. G.3 (30 rounds, 20%%); quick = ~15 min on a 2-core CPU")
-    p.add_argument("--rounds", type=int, help="pruning rounds; the last round's masks are also trained and evaluated " + _preset_values("rounds"))
-    p.add_argument("--rate", type=float, help="fraction of each step's active weights pruned per round " + _preset_values("rate"))
+    p.add_argument("--rounds", type=nonneg_int, help="pruning rounds; the last round's masks are also trained and evaluated " + _preset_values("rounds"))
+    p.add_argument("--rate", type=finite_float, help="fraction of each step's active weights pruned per round " + _preset_values("rate"))
     p.add_argument("--scope", choices=SCOPES, default="layer", help="magnitude threshold per layer, or one per step over all masked layers")
     p.add_argument("--layers", type=_types, default=",".join(LAYER_TYPES), help="masked layer types, comma-separated")
-    p.add_argument("--epochs", type=float, help="full-model training per round, in epochs " + _preset_values("epochs"))
-    p.add_argument("--graft-epochs", type=float, help="training of each step's graft per round, in epochs " + _preset_values("graft_epochs"))
-    p.add_argument("--batch-size", type=int, default=128, help="training batch size (paper App. G.2: 128)")
-    p.add_argument("--lr", type=float, help="peak learning rate of full training; unset = the data's training recipe")
-    p.add_argument("--graft-lr", type=float, help="peak learning rate of graft training; unset = as full training")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay; unset = the recipe's")
-    p.add_argument("--warmup-epochs", type=float, help="linear warm-up of full training; unset = 10%% of --epochs (grafts scale it)")
-    p.add_argument("--label-smoothing", type=float, help="label smoothing; unset = the recipe's")
-    p.add_argument("--clip-grad", type=float, help="gradient-norm clipping, 0 disables; unset = the recipe's")
-    p.add_argument("--shapes-train-size", type=int, help="shapes training images per epoch " + _preset_values("shapes_train_size"))
-    p.add_argument("--val-limit", type=int, help="evaluate on the first N validation images " + _preset_values("val_limit"))
-    p.add_argument("--train-eval-limit", type=int, help="training images re-evaluated for the train accuracy " + _preset_values("train_eval_limit"))
+    p.add_argument("--epochs", type=positive_float, help="full-model training per round, in epochs " + _preset_values("epochs"))
+    p.add_argument("--graft-epochs", type=positive_float, help="training of each step's graft per round, in epochs " + _preset_values("graft_epochs"))
+    p.add_argument("--batch-size", type=positive_int, default=128, help="training batch size (paper App. G.2: 128)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate of full training; unset = the data's training recipe")
+    p.add_argument("--graft-lr", type=positive_float, help="peak learning rate of graft training; unset = as full training")
+    p.add_argument("--weight-decay", type=nonneg_float, help="AdamW weight decay; unset = the recipe's")
+    p.add_argument("--warmup-epochs", type=nonneg_float, help="linear warm-up of full training; unset = 10%% of --epochs (grafts scale it)")
+    p.add_argument("--label-smoothing", type=fraction, help="label smoothing; unset = the recipe's")
+    p.add_argument("--clip-grad", type=nonneg_float, help="gradient-norm clipping, 0 disables; unset = the recipe's")
+    p.add_argument("--shapes-train-size", type=positive_int, help="shapes training images per epoch " + _preset_values("shapes_train_size"))
+    p.add_argument("--val-limit", type=positive_int, help="evaluate on the first N validation images " + _preset_values("val_limit"))
+    p.add_argument("--train-eval-limit", type=positive_int, help="training images re-evaluated for the train accuracy " + _preset_values("train_eval_limit"))
     p.add_argument("--random-control", action=argparse.BooleanOptionalAction, default=None,
                    help="also train each round with random masks of the same densities (val accuracy control) " + _preset_values("random_control"))
-    p.add_argument("--num-classes", type=int, help="override the model's number of classes")
-    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--num-classes", type=positive_int, help="override the model's number of classes")
+    p.add_argument("--workers", type=nonneg_int, default=0, help="data-loader worker processes")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--no-amp", action="store_true", help="on CUDA, train in fp32 instead of bf16 autocast")
     p.add_argument("--seed", type=int, default=0, help="seed of the init, data order and random controls")
@@ -142,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     device = resolve_device(args.device)
     options = json.loads(json.dumps(cfg.to_dict()))
+    build_model_and_data(cfg)  # the model and data load (or fail naming the option) before the run exists
     meta = {"analysis": "prune", "models": [{"name": cfg.init_from or cfg.model}], "data": cfg.data,
             "options": options, "seed": cfg.seed}
     run_dir = Run.create(args.out, meta, force=args.force)

@@ -25,6 +25,7 @@ from ..analysis.rank_plots import rank_figure, truncation_figure
 from .common import (
     add_common_args,
     create_run,
+    finite_float,
     load_models,
     parse_list,
     print_summary,
@@ -55,13 +56,21 @@ def _matrices(text: str) -> list[str]:
     return names
 
 
+def _energy(text: str) -> float:
+    """An energy fraction in (0, 1] (argparse type)."""
+    value = finite_float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
+    return value
+
+
 def add_parser(p: argparse.ArgumentParser) -> None:
     add_common_args(p, "runs/svd", default_batch_size=256)
     p.add_argument("--ranks", type=_ranks,
                    help="truncation ranks, e.g. 16,32,64 (default: the paper's 64..768 scaled to each model's width)")
     p.add_argument("--matrices", type=_matrices, default=",".join(SWEEP_MATRICES),
                    help=f"matrices truncated in the sweep, in all blocks ({','.join(WEIGHT_MATRICES)})")
-    p.add_argument("--threshold", type=float, default=ENERGY_THRESHOLD, help="energy fraction of the energy rank")
+    p.add_argument("--threshold", type=_energy, default=ENERGY_THRESHOLD, help="energy fraction of the energy rank")
     p.add_argument("--amp", action="store_true", help="mixed precision for the sweep's evaluations on CUDA")
 
 
@@ -97,13 +106,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
     models = load_models(args, device)
+    loaders = [val_loader(args, m.model.config)[0] for m in models]  # data checked before the run exists
     out = create_run(args, "svd", models, ranks=args.ranks, matrices=args.matrices, threshold=args.threshold,
                      batch_size=args.batch_size, amp=args.amp)
     tables: dict[str, list[pd.DataFrame]] = {"weight_ranks": [], "cls_ranks": [], "sweep": []}
     summaries = {}
-    for m in models:
+    for m, plain in zip(models, loaders, strict=True):
         model = m.model.to(device)
-        loader = materialize(val_loader(args, model.config)[0])
+        loader = materialize(plain)
         parts = {
             "weight_ranks": weight_ranks(model, args.threshold),
             "cls_ranks": cls_ranks(model, loader, args.threshold, device=device),

@@ -10,6 +10,7 @@ from .common import (
     add_common_args,
     create_run,
     load_models,
+    positive_int,
     print_summary,
     resolve_device,
     val_loader,
@@ -22,20 +23,20 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     add_common_args(p, "runs/trajectories", default_limit=500)
     p.add_argument("--normalize", choices=NORMALIZATIONS, default="none",
                    help="normalise states before PaCMAP: per point by RMS, or z-score each step's cloud")
-    p.add_argument("--neighbors", type=int, default=10, help="PaCMAP n_neighbors")
-    p.add_argument("--knn", type=int, default=10, help="k of the kNN-preservation score")
-    p.add_argument("--steps", type=int, help="recurrent steps to run (default: the trained horizon)")
+    p.add_argument("--neighbors", type=positive_int, default=10, help="PaCMAP n_neighbors")
+    p.add_argument("--knn", type=positive_int, default=10, help="k of the kNN-preservation score")
+    p.add_argument("--steps", type=positive_int, help="recurrent steps to run (default: the trained horizon)")
 
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = load_models(args, device)
     options = TrajectoryOptions(normalize=args.normalize, n_neighbors=args.neighbors, knn=args.knn, steps=args.steps)
+    loaders = [val_loader(args, m.model.config) for m in models]  # data checked before the run exists
     out = create_run(args, "trajectories", models, **options.to_dict())
     tables: dict[str, list] = {"points": [], "centroids": [], "step_stats": []}
     summaries = {}
-    for m in models:
-        loader, classes = val_loader(args, m.model.config)
+    for m, (loader, classes) in zip(models, loaders, strict=True):
         points, centroids, stats, summary = trajectories(m.model, loader, classes, options, args.seed, device)
         for name, df in (("points", points), ("centroids", centroids), ("step_stats", stats)):
             tables[name].append(with_model(df, m.label))

@@ -16,6 +16,13 @@ sorted-wnid order, while the repository's ``ImageNetS_categories_im919.txt`` is 
 sorted. So official ``ImageNetS_categories_im*.txt`` files are sorted by default here;
 a plain ``categories.txt`` is read in file order (line k -> class id k + 1). Shapes exports
 write wnids that are already sorted, so both readings agree for them.
+
+Without a categories file, a folder's sorted position says nothing reliable (one stray
+folder, or a subset of the classes, shifts every id), so each wnid folder's class id is
+read from its own masks: the id (other than 0 and 1000) that its masks share. Two folders
+claiming one id, or a folder whose masks leave several candidates, are errors asking for a
+categories file; a folder whose masks give no id at all (none, or unreadable) is not a
+category and its images are skipped as ``unknown_wnid``.
 """
 
 from __future__ import annotations
@@ -158,6 +165,16 @@ def _require_root(root: Path, split: str) -> Path:
     return folder
 
 
+def categories_file(root: str | os.PathLike) -> Path | None:
+    """The root's ``ImageNetS_categories_im*.txt`` or ``categories.txt``, if it has one."""
+    root = Path(root)
+    official = sorted(root.glob("ImageNetS_categories_im*.txt"))
+    if official:
+        return official[0]
+    plain = root / "categories.txt"
+    return plain if plain.is_file() else None
+
+
 def load_categories(
     root: str | os.PathLike, split: str = "validation", order: str | None = None
 ) -> list[str]:
@@ -165,21 +182,89 @@ def load_categories(
 
     Reads ``ImageNetS_categories_im*.txt`` (sorted by default, the official convention) or
     ``categories.txt`` (file order by default); ``order`` ("sorted" or "file") overrides.
-    Without a file, falls back to the sorted wnid folders under ``root/<split>``.
+    Without a file, falls back to the sorted wnid folders under ``root/<split>`` (right only
+    when the folders are exactly the full category set; ``ImageNetS`` reads ids from the masks instead).
     """
     if order is not None and order not in CATEGORY_ORDERS:
         raise ValueError(f"unknown category order {order!r}; valid: {', '.join(CATEGORY_ORDERS)}")
     root = Path(root)
-    official = sorted(root.glob("ImageNetS_categories_im*.txt"))
-    if official:
-        wnids = _read_lines(official[0])
-        return sorted(wnids) if (order or "sorted") == "sorted" else wnids
-    plain = root / "categories.txt"
-    if plain.is_file():
-        wnids = _read_lines(plain)
-        return sorted(wnids) if order == "sorted" else wnids
+    found = categories_file(root)
+    if found is not None:
+        wnids = _read_lines(found)
+        default = "sorted" if found.name.startswith("ImageNetS_categories_im") else "file"
+        return sorted(wnids) if (order or default) == "sorted" else wnids
     folder = _require_root(root, split)
     return sorted(d.name for d in folder.iterdir() if d.is_dir())
+
+
+MASKS_READ_PER_FOLDER = 5  # at most this many masks per folder are decoded to find its class id
+
+
+def _mask_class_ids(path: Path) -> set[int] | None:
+    """Class ids (not other / ignore) present in a mask file, or None when it cannot be read."""
+    try:
+        with Image.open(path) as m:
+            ids = decode_mask(m)
+    except _DECODE_ERRORS:
+        return None
+    return set(np.unique(ids).tolist()) - {OTHER_ID, IGNORE_ID}
+
+
+def class_ids_from_masks(root: str | os.PathLike, split: str, entries: list[str]) -> dict[str, int]:
+    """wnid -> class id read from each folder's masks, for a root without a categories file.
+
+    A folder's candidates are the ids all of its first masks share (up to
+    ``MASKS_READ_PER_FOLDER``); an id already owned by another folder is then ruled out.
+    Folders left without any id are absent from the result (not categories). ValueError
+    names the folders when two claim one id or one keeps several candidates.
+    """
+    root = Path(root)
+    mask_root = root / f"{split}-segmentation"
+    by_folder: dict[str, list[str]] = {}
+    for rel in entries:
+        parts = Path(rel).parts
+        if len(parts) > 1:
+            by_folder.setdefault(parts[0], []).append(rel)
+    candidates: dict[str, set[int]] = {}
+    for wnid, rels in by_folder.items():
+        common: set[int] | None = None
+        read = 0
+        for rel in rels:
+            path = (mask_root / rel).with_suffix(".png")
+            ids = _mask_class_ids(path) if path.is_file() else None
+            if ids is None:
+                continue
+            common = ids if common is None else common & ids
+            read += 1
+            if len(common) <= 1 or read >= MASKS_READ_PER_FOLDER:
+                break
+        candidates[wnid] = common or set()
+    resolved = {w: next(iter(c)) for w, c in candidates.items() if len(c) == 1}
+    changed = True
+    while changed:  # a mask that also holds another folder's class: rule that class out
+        changed = False
+        taken = set(resolved.values())
+        for wnid, cands in candidates.items():
+            left = cands - taken
+            if wnid not in resolved and len(cands) > 1 and len(left) == 1:
+                resolved[wnid] = left.pop()
+                changed = True
+    hint = (f"add {root}/categories.txt (one wnid per line; line k is class id k) or the official "
+            "ImageNetS_categories_im*.txt")
+    owners: dict[int, list[str]] = {}
+    for wnid, k in resolved.items():
+        owners.setdefault(k, []).append(wnid)
+    clashes = sorted((k, sorted(ws)) for k, ws in owners.items() if len(ws) > 1)
+    if clashes:
+        k, ws = clashes[0]
+        raise ValueError(f"{root} has no categories file, so each folder's class id is read from its masks, and "
+                         f"the masks of folders {' and '.join(ws)} all carry class id {k}; {hint}")
+    unsure = sorted(w for w, c in candidates.items() if w not in resolved and len(c) > 1)
+    if unsure:
+        w = unsure[0]
+        raise ValueError(f"{root} has no categories file, so each folder's class id is read from its masks, and "
+                         f"the masks of folder {w} carry several class ids {sorted(candidates[w])}; {hint}")
+    return resolved
 
 
 def _list_entries(root: Path, split: str) -> list[str] | None:
@@ -224,10 +309,6 @@ class ImageNetS:
         self.split = split
         folder = _require_root(self.root, split)
         self.mask_root = self.root / f"{split}-segmentation"
-        self.categories: list[str] = (
-            list(categories) if categories is not None else load_categories(self.root, split)
-        )
-        index = {w: i for i, w in enumerate(self.categories)}
         entries = _list_entries(self.root, split)
         if entries is None:
             entries = [
@@ -238,6 +319,18 @@ class ImageNetS:
             ]
         if not entries:
             raise ValueError(f"no images found in {folder} (expected {folder}/<wnid>/<name>.JPEG)")
+        # True when class ids were read from the masks (no categories given and no categories file)
+        self.ids_from_masks = categories is None and categories_file(self.root) is None
+        if categories is not None:
+            self.categories: list[str] = list(categories)
+        elif self.ids_from_masks:
+            ids = class_ids_from_masks(self.root, split, entries)
+            self.categories = [""] * max(ids.values(), default=0)
+            for wnid, k in ids.items():
+                self.categories[k - 1] = wnid
+        else:
+            self.categories = load_categories(self.root, split)
+        index = {w: i for i, w in enumerate(self.categories) if w}
         self.samples: list[ImageNetSSample] = []
         for rel in entries:
             rel_path = Path(rel)
@@ -266,7 +359,8 @@ class ImageNetS:
         """Image (PIL RGB) and class-id mask (int32) of sample ``i``; SampleError if unusable."""
         s = self.samples[i]
         if s.label < 0:
-            raise SampleError("unknown_wnid", f"{s.wnid!r} of {s.image_path} is not a category")
+            why = " (no categories file, and its folder's masks give no class id)" if self.ids_from_masks else ""
+            raise SampleError("unknown_wnid", f"{s.wnid!r} of {s.image_path} is not a category{why}")
         if not s.image_path.is_file():
             raise SampleError("missing_image", str(s.image_path))
         if not s.mask_path.is_file():

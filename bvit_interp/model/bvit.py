@@ -26,6 +26,9 @@ from .hooks import (
     HookContext,
     HookRegistry,
     TokenSelector,
+    hook_layer,
+    hook_name,
+    layer_position,
     make_key,
     parse_name,
     reduce_tokens,
@@ -103,7 +106,7 @@ class BViT(VisionTransformer):
         Fires that layer's hooks and, after a step's last block, adds the time embedding, so a
         forward can resume mid-step from a captured ``resid_pre`` (ablation, early exit).
         """
-        t, b = divmod(index, self.num_blocks)
+        t, b = layer_position(index, self.num_blocks)
         block = self.blocks[b]
         if self.hooks:
             ctx = HookContext(self.hooks, t, b, self.num_blocks)
@@ -114,6 +117,12 @@ class BViT(VisionTransformer):
             # Beyond the trained horizon the last step's embedding is reused.
             x = x + self.time_embed[min(t, self.config.steps - 1)]
         return x
+
+    def forward_from(self, x: torch.Tensor, start: int, steps: int | None = None) -> torch.Tensor:
+        """Class logits resumed from the residual stream ``x`` entering unrolled layer ``start`` (its ``resid_pre``)."""
+        for index in range(start, self.num_layers(steps)):
+            x = self.layer(x, index)
+        return self.forward_head(self._fire_global("final", self.norm(x)))
 
     def forward_features(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """Tokens after ``steps`` recurrent steps and the final norm: (B, N, D)."""
@@ -156,7 +165,7 @@ class BViT(VisionTransformer):
             take = [i if i >= 0 else n_layers + i for i in indices]
         if any(not 0 <= i < n_layers for i in take):
             raise IndexError(f"indices {indices} out of range for {n_layers} layers")
-        last_step = max(take) // self.num_blocks + 1 if stop_early else self._steps(steps)
+        last_step = layer_position(max(take), self.num_blocks)[0] + 1 if stop_early else self._steps(steps)
         wanted, states = set(take), {}
         h = self._fire_global("embed", self.embed(x))
         for index in range(last_step * self.num_blocks):
@@ -183,6 +192,14 @@ class BViT(VisionTransformer):
         return feats, outs
 
     # ------------------------------------------------------------------ hooks
+    def hook_name(self, site: str, layer: int | None) -> str:
+        """Full hook name of ``site`` at unrolled ``layer`` (``steps.{t}.<site>``, with ``blocks.{b}`` when blocks > 1)."""
+        return hook_name(site, layer, self.num_blocks)
+
+    def hook_layer(self, name: str) -> tuple[str, int | None]:
+        """(site, unrolled layer) of a full hook name, e.g. the name a hook function receives."""
+        return hook_layer(name, self.num_blocks)
+
     @contextlib.contextmanager
     def hooked(self, hooks: Iterable[tuple[str, Callable[..., Any]]], steps: Iterable[int] | None = None) -> Iterator[None]:
         """Attach ``(name, fn(tensor, name) -> tensor | None)`` hooks for the duration of the block."""

@@ -4,6 +4,10 @@ A hook site is named ``steps.{t}.<site>`` (or ``steps.{t}.blocks.{b}.<site>`` wh
 holds several distinct blocks), plus the step-free sites ``embed`` and ``final``. Because a
 recurrent block fires once per step, every (site, step) pair is its own entry: nothing is
 ever overwritten by a later step.
+
+Code that thinks in unrolled layers (``layer = step * blocks + block``: the recurrent step of
+a bViT, the block of a ViT) converts with ``hook_name(site, layer, blocks)`` and its inverse
+``hook_layer(name, blocks) -> (site, layer)``; nothing else should do this arithmetic.
 """
 
 from __future__ import annotations
@@ -77,6 +81,44 @@ def parse_name(name: str) -> tuple[str, int | None, int | None]:
     if site in GLOBAL_SITES and step is not None:
         raise KeyError(f"site {site!r} is not per step; use the bare name {site!r}")
     return site, step, block
+
+
+def layer_position(layer: int, num_blocks: int) -> tuple[int, int]:
+    """(step, block) of unrolled ``layer``: layer = step * num_blocks + block."""
+    if layer < 0:
+        raise ValueError(f"unrolled layer must be >= 0, got {layer}")
+    step, block = divmod(int(layer), num_blocks)
+    return step, block
+
+
+def hook_name(site: str, layer: int | None, num_blocks: int) -> str:
+    """Full hook name of ``site`` at unrolled ``layer`` (None for ``embed`` / ``final``); inverse of ``hook_layer``."""
+    if site not in ALL_SITES:
+        raise KeyError(f"unknown hook site {site!r}; valid sites: {', '.join(ALL_SITES)}")
+    if site in GLOBAL_SITES:
+        if layer is not None:
+            raise KeyError(f"site {site!r} is not per step; pass layer=None")
+        return site
+    if layer is None:
+        raise KeyError(f"site {site!r} is per step; give an unrolled layer")
+    step, block = layer_position(layer, num_blocks)
+    return site_name(site, step, block, num_blocks)
+
+
+def hook_layer(name: str, num_blocks: int) -> tuple[str, int | None]:
+    """(site, unrolled layer) of a full hook name, as hook functions receive it (layer None for global sites)."""
+    site, step, block = parse_name(name)
+    if step is None:
+        if site in BLOCK_SITES:
+            raise ValueError(f"{name!r} names no step, so no single layer")
+        return site, None
+    if block is None:
+        if num_blocks > 1:
+            raise ValueError(f"{name!r} names step {step} of {num_blocks} blocks, not one layer; add blocks.<b>")
+        block = 0
+    if not 0 <= block < num_blocks:
+        raise ValueError(f"{name!r}: block {block} out of range for {num_blocks} block(s)")
+    return site, step * num_blocks + block
 
 
 def make_key(name: str, steps: Iterable[int] | None = None, blocks: Iterable[int] | None = None) -> HookKey:
@@ -204,7 +246,7 @@ class ActivationCache:
             site, layer = key
             if site in GLOBAL_SITES:
                 raise KeyError(f"{site!r} is not per step; index it as cache[{site!r}]")
-            return site_name(site, layer // self.num_blocks, layer % self.num_blocks, self.num_blocks)
+            return hook_name(site, layer, self.num_blocks)
         return key
 
     def __getitem__(self, key: str | tuple[str, int]) -> torch.Tensor:
@@ -220,7 +262,10 @@ class ActivationCache:
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, (str, tuple)):
             return False
-        return self.name_of(key) in self._chunks
+        try:
+            return self.name_of(key) in self._chunks
+        except (KeyError, ValueError):
+            return False
 
     def keys(self) -> list[str]:
         return list(self._chunks)
@@ -232,9 +277,9 @@ class ActivationCache:
         """Unrolled layer indices at which ``site`` was captured, in order."""
         out = []
         for name in self._chunks:
-            s, step, block = parse_name(name)
-            if s == site and step is not None:
-                out.append(step * self.num_blocks + (block or 0))
+            s, layer = hook_layer(name, self.num_blocks)
+            if s == site and layer is not None:
+                out.append(layer)
         return sorted(out)
 
     def stack(self, site: str) -> torch.Tensor:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_write
@@ -109,17 +110,33 @@ def load_state_dict_checked(model: BViT, state: dict[str, torch.Tensor], source:
     model.load_state_dict(state, strict=True)
 
 
+def read_weights(weights: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file; ValueError naming the file when it is truncated, empty or not one."""
+    try:
+        return load_file(str(weights), device=str(map_location))
+    except SafetensorError as err:
+        raise ValueError(f"checkpoint weights {weights} are not a readable safetensors file ({err}); "
+                         "the file is truncated or corrupt") from err
+
+
 def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu", **overrides: Any) -> BViT:
     """Load a checkpoint written by ``save_model``; records its path and sha256 on the model."""
     weights, config_path = checkpoint_paths(path)
     if not weights.exists():
         raise FileNotFoundError(f"checkpoint weights {weights} not found")
     doc = read_checkpoint_info(path)
+    digest = sha256_file(weights)
+    recorded = doc.get("weights_sha256")
+    if recorded and recorded != digest:
+        raise ValueError(
+            f"checkpoint weights {weights} do not match the sha256 recorded in {config_path} "
+            f"({digest[:12]}... vs {str(recorded)[:12]}...): the file is corrupt, truncated or was replaced"
+        )
     model = build_model(BViTConfig.from_dict(doc["config"]), **overrides)
-    state = load_file(str(weights), device=str(map_location))
+    state = read_weights(weights, map_location)
     load_state_dict_checked(model, state, str(weights))
     model.checkpoint_path = str(weights)
-    model.checkpoint_sha256 = sha256_file(weights)
+    model.checkpoint_sha256 = digest
     from ..pruning.masked import load_attached_masks
 
     load_attached_masks(model, weights)

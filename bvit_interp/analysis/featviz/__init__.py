@@ -2,18 +2,43 @@
 
 - ``param``: pixel (Ghiasi et al. 2022) and spectral (Lucid) image parameterizations.
 - ``transforms``: jitter, colour shift/scale, annealed noise, ensembles, optional scale/rotate.
-- ``objectives``: (neuron, step) targets on ``mlp.post``, the early-stopping batched forward, TV, diversity.
-- ``optimize``: many targets optimised in one batch, independent of batching.
+- ``objectives``: (neuron, step) targets on ``mlp.post``, the early-stopping batched forward, TV, diversity;
+  composable ``Objective`` objects (neuron, channel, head, direction, logit; ``+ - *``, sum).
+- ``optimize``: many targets optimised in one batch, independent of batching; ``visualize_objective``
+  for any composable objective.
 - ``exemplars``: top-k dataset images per (neuron, step) in one pass.
-- ``attribution``: captum attributions of a (neuron, step) or (head, step) via per-step taps.
+- ``attribution``: captum attributions of a (neuron, step) or (head, step) via the per-step taps
+  of ``bvit_interp.model.taps``.
 - ``report``: activation reached vs best real image, cross-step activations, spectrum measures,
   per-neuron step dependence of the exemplars (selected vs randomly drawn control neurons).
 """
 
-from .attribution import StepTaps, head_attribution, neuron_attribution, step_attribution
+from ...model.taps import StepTaps
+from .attribution import head_attribution, neuron_attribution, step_attribution
 from .exemplars import Exemplars, compute_exemplars, load_inputs
-from .objectives import Target, neuron_statistic, run_layers, target_activations, total_variation
-from .optimize import FeatvizOptions, Visualizations, frozen, visualize
+from .objectives import (
+    Objective,
+    Target,
+    channel,
+    collect_activations,
+    direction,
+    evaluate,
+    head,
+    logit,
+    neuron,
+    neuron_statistic,
+    run_layers,
+    target_activations,
+    total_variation,
+)
+from .optimize import (
+    FeatvizOptions,
+    Rendered,
+    Visualizations,
+    frozen,
+    visualize,
+    visualize_objective,
+)
 from .param import PARAMS, make_param
 from .report import (
     complexity_trend,
@@ -26,21 +51,30 @@ from .report import (
 from .transforms import Augment, TransformOptions, denormalize, normalize
 
 __all__ = [
-    "PARAMS",
     "Augment",
     "Exemplars",
     "FeatvizOptions",
+    "Objective",
+    "PARAMS",
+    "Rendered",
     "StepTaps",
     "Target",
     "TransformOptions",
     "Visualizations",
+    "channel",
+    "collect_activations",
     "complexity_trend",
     "compute_exemplars",
     "denormalize",
+    "direction",
+    "evaluate",
     "frozen",
+    "head",
     "head_attribution",
     "load_inputs",
+    "logit",
     "make_param",
+    "neuron",
     "neuron_attribution",
     "neuron_statistic",
     "normalize",
@@ -54,4 +88,5 @@ __all__ = [
     "target_tables",
     "total_variation",
     "visualize",
+    "visualize_objective",
 ]

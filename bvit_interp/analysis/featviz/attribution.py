@@ -1,46 +1,23 @@
 """Per-step attributions with captum: which input pixels drive a (neuron, step) or (head, step).
 
-A recurrent block fires T times, so its modules cannot name "the FFN at step t" to captum.
-``StepTaps`` holds one ``nn.Identity`` per unrolled layer; while attached, a hook on
-``steps.{t}.<site>`` routes the activation through tap t, so captum's layer and neuron methods
-can hook tap t and see exactly step t (also when captum replaces the tap's output).
+A recurrent block fires T times, so captum hooks one of the per-step taps
+(``bvit_interp.model.taps.StepTaps``, one ``nn.Identity`` per unrolled layer) to see exactly
+step t. captum is imported inside the functions, so this package imports without it.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from ...model import BViT
-from .objectives import layer_name, neuron_statistic
+from ...model.hooks import layer_position
+from ...model.taps import StepTaps
+from .objectives import neuron_statistic
 
 METHODS = ("ig", "gradient")
-
-
-class StepTaps(nn.Module):
-    """One identity module per unrolled layer, called at that layer while attached to a model."""
-
-    def __init__(self, num_layers: int) -> None:
-        super().__init__()
-        self.taps = nn.ModuleList(nn.Identity() for _ in range(num_layers))
-
-    def __getitem__(self, layer: int) -> nn.Module:
-        return self.taps[layer]
-
-    @contextlib.contextmanager
-    def attach(self, model: BViT, site: str = "mlp.post") -> Iterator[StepTaps]:
-        """Route ``site`` at every layer through its tap for the duration of the block."""
-
-        def route(layer: int, tensor: torch.Tensor, _name: str) -> torch.Tensor:
-            return self.taps[layer](tensor)
-
-        hooks = [(layer_name(model, layer, site), partial(route, layer)) for layer in range(len(self.taps))]
-        with model.hooked(hooks):
-            yield self
+__all__ = ["METHODS", "StepTaps", "head_attribution", "neuron_attribution", "step_attribution"]
 
 
 def step_attribution(
@@ -70,9 +47,9 @@ def step_attribution(
     taps = StepTaps(model.num_layers())
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return model.forward_features(x, steps=layer // model.num_blocks + 1)
+        return model.forward_features(x, steps=layer_position(layer, model.num_blocks)[0] + 1)
 
-    with taps.attach(model, site):
+    with taps.attach(model, site, layers=[layer]):
         if method == "gradient":
             inputs = images.detach().clone().requires_grad_(True)
             return NeuronGradient(forward, taps[layer]).attribute(inputs, neuron_selector=selector)

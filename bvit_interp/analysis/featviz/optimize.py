@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ...model import BViT
-from .objectives import Target, diversity, target_activations, total_variation
+from .objectives import Objective, Target, diversity, evaluate, target_activations, total_variation
 from .param import PARAMS, make_param
 from .transforms import Augment, TransformOptions, normalize
 
@@ -182,3 +182,68 @@ def visualize(
             if on_batch is not None:
                 on_batch(Visualizations(batch, imgs, hist))
     return Visualizations(targets, images, history)
+
+
+@dataclass
+class Rendered:
+    """Optimised images of one composable objective."""
+
+    objective: Objective
+    images: torch.Tensor  # (images_per_target, 3, H, W) in [0, 1], float32 on the CPU
+    history: torch.Tensor  # (iterations,): mean objective value (minus its loss) over the augmented images
+
+
+def _optimize_objective(
+    model: BViT, objective: Objective, o: FeatvizOptions, amp: bool, on_iteration: Callable[[], object] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recipe of ``_optimize_batch`` for one objective: (images (n, 3, H, W), history (iterations,))."""
+    ref = next(model.parameters())
+    device, dtype = ref.device, ref.dtype
+    cfg = model.config
+    n, copies = o.images_per_target, o.transforms.copies
+    gens = [torch.Generator().manual_seed(o.seed)]
+    param = make_param(o.param, gens, n, cfg.img_size, device, dtype)
+    augment = Augment(o.transforms, cfg.img_size)
+    opt = torch.optim.Adam(param.parameters(), lr=o.lr, betas=o.betas, eps=o.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, o.lr_factor)
+    history = torch.empty(o.iterations, device=device)
+    for i in range(o.iterations):
+        if on_iteration is not None:
+            on_iteration()
+        opt.zero_grad(set_to_none=True)
+        images = param()
+        x = normalize(augment(images, augment.draw(gens, n, i, o.iterations)), cfg)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            losses = evaluate(model, x, objective)
+        per_image = losses.to(dtype).view(n, copies).mean(dim=1)
+        loss = per_image.sum() + o.tv_weight * total_variation(images).sum()
+        loss.backward()
+        opt.step()
+        sched.step()
+        param.project_()
+        history[i] = -per_image.detach().mean()
+    with torch.no_grad():
+        final = param().detach().float().cpu()
+    return final, history.float().cpu()
+
+
+def visualize_objective(
+    model: BViT, objective: Objective, options: FeatvizOptions = FeatvizOptions(), amp: bool = False,
+    progress: bool = False,
+) -> Rendered:
+    """Optimise ``images_per_target`` images for any composable objective (a head, a direction, a logit, sums...).
+
+    A plain neuron objective takes the batched (neuron, step) path of ``visualize`` (same images
+    and seeds); any other runs the same recipe with one generator seeded by ``options.seed``.
+    Diversity is implemented on the batched neuron path only.
+    """
+    objective.check(model)
+    if objective.target is not None:
+        vis = visualize(model, [objective.target], options, progress=progress, amp=amp)
+        return Rendered(objective, vis.images[0], vis.history[0])
+    if options.diversity > 0 and options.images_per_target > 1:
+        raise ValueError("diversity is implemented for neuron objectives only (the batched path)")
+    bar = tqdm(total=options.iterations, desc=f"featviz {objective.name}", unit="it", disable=not progress)
+    with frozen(model), bar:
+        images, history = _optimize_objective(model, objective, options, amp, on_iteration=bar.update)
+    return Rendered(objective, images, history)
