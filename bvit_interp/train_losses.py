@@ -7,6 +7,8 @@
   slowly from few images. The MLP is dropped after training; the model is unchanged.
 - ``DistillationLoss``: soft (KL at temperature tau) or hard (teacher argmax) distillation
   from a frozen teacher, mixed with the base loss by ``alpha`` (DeiT, Touvron et al. 2021).
+- ``distillation_loss``: DeiT's hard-label distillation through a distillation token (paper
+  App. C): the CLS head learns the labels, the distillation head the teacher's argmax.
 """
 
 from __future__ import annotations
@@ -59,3 +61,25 @@ class DistillationLoss(nn.Module):
         else:
             distill = F.cross_entropy(logits, teacher_logits.argmax(-1))
         return (1 - self.alpha) * self.base(logits, labels) + self.alpha * distill
+
+
+def distillation_loss(
+    cls_logits: torch.Tensor,
+    dist_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    base_criterion: nn.Module,
+    alpha: float = 0.5,
+) -> torch.Tensor:
+    """DeiT hard distillation: ``(1 - alpha) * base(cls, labels) + alpha * CE(dist, teacher argmax)``, alpha 0.5.
+
+    ``labels`` may be Mixup/CutMix soft targets when ``base_criterion`` takes them; the teacher
+    term always uses hard teacher labels. ``dist_logits`` None (a student without a distillation
+    token) distils through the CLS logits, as DeiT does.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"distillation alpha must be in [0, 1], got {alpha}")
+    student = cls_logits if dist_logits is None else dist_logits
+    teacher_labels = teacher_logits.detach().argmax(dim=-1)
+    distill = F.cross_entropy(student, teacher_labels)
+    return (1 - alpha) * base_criterion(cls_logits, labels) + alpha * distill

@@ -131,7 +131,7 @@ def test_unusable_device_is_a_user_error(ckpt: Path, tmp_path: Path, capsys, com
     assert not out.exists()
 
 
-def test_one_device_resolver() -> None:
+def test_one_device_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
     from bvit_interp import distributed
     from bvit_interp.commands import common
 
@@ -141,16 +141,27 @@ def test_one_device_resolver() -> None:
     with pytest.raises(distributed.DeviceError, match="--device foo"):
         distributed.resolve_device("foo")
     assert issubclass(distributed.DeviceError, ValueError)
+    # the CUDA branch's logic, on a pretend two-GPU machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert distributed.resolve_device("auto") == torch.device("cuda")
+    torchrun = distributed.DistInfo(rank=1, world_size=2, local_rank=1)
+    assert distributed.resolve_device("cuda", torchrun) == torch.device("cuda", 1)
+    with pytest.raises(distributed.DeviceError, match="2 CUDA device"):
+        distributed.resolve_device("cuda:5")
 
 
 # --------------------------------------------------------------------------- data roots
 
 
-def test_strict_stops_at_a_bad_sample_with_a_user_error(ckpt: Path, ims: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_strict_stops_at_a_bad_sample_with_a_user_error(ckpt: Path, ims: Path, tmp_path: Path, capsys,
+                                                        workers: str) -> None:
     bad = sorted((ims / "validation" / SHAPE_WNIDS[3]).iterdir())[0]
     bad.write_bytes(b"not a jpeg")
     code, err = run_cli(["pointing-game", "--model", str(ckpt), "--data", str(ims), "--strict", "--overlays", "0",
-                         "--out", str(tmp_path / "out")], capsys)
+                         "--workers", workers, "--out", str(tmp_path / "out")], capsys)
     assert_user_error(code, err, "--strict", "corrupt_image", bad.name)
 
 

@@ -1,7 +1,9 @@
 """Pointing game per head and per step (paper Sec. 4.2.2, App. F).
 
 For every image, step and head: the argmax of the CLS query's attention over the patch
-tokens (CLS and register columns excluded; their attention mass is recorded), placed at the
+tokens (CLS, distillation-token and register columns excluded; their attention mass is
+recorded: ``prefix_mass`` over all of them, ``dist_mass`` on a -dist model's distillation
+token alone, NaN for models without one), placed at the
 patch centre (or at the argmax of the bilinearly upsampled map), mapped back through the
 preprocessing (resize + centre crop) and scored with TorchRay's rule (``within_tolerance``):
 a hit when its pixel is strictly closer than ``tolerance`` pixels to a target-class pixel,
@@ -272,7 +274,7 @@ def score_model(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Score ``model`` on ``source``: (points, images, skipped) tables for this process's share.
 
-    points: image_index, step, head, x, y (scoring frame), hit, excluded, prefix_mass.
+    points: image_index, step, head, x, y (scoring frame), hit, excluded, prefix_mass, dist_mass.
     images: image_index, name, wnid, label, width, height, mask_fraction, chance, centre_hit, centre_excluded.
     ``excluded`` marks points on ignore pixels under ``ignore="exclude"`` (their ``hit`` is False).
     """
@@ -286,7 +288,8 @@ def score_model(
         num_workers=workers,
         collate_fn=_collate,
     )
-    grid, ps, npt = cfg.grid_size, cfg.patch_size, cfg.num_prefix_tokens
+    grid, ps, npt = cfg.grid_size, cfg.patch_size, cfg.num_prefix_tokens  # [cls, dist?, reg..., patches]
+    dist = cfg.dist_token_index
     device = torch.device(device)
     model.eval().to(device)
     points, images, skipped = [], [], []
@@ -302,11 +305,12 @@ def score_model(
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 model.forward_features(x, steps=options.steps)
         rows = torch.stack([cache["attn.cls_pattern", layer] for layer in cache.layers("attn.cls_pattern")])
-        prefix_mass = rows[..., :npt].sum(-1)  # (L, B, H)
-        patch_attn = rows[..., npt:]
+        prefix_mass = rows[..., :npt].sum(-1)  # (L, B, H): CLS, distillation token and registers
+        dist_mass = rows[..., dist] if dist is not None else torch.full_like(prefix_mass, float("nan"))
+        patch_attn = rows[..., npt:]  # the argmax never lands on a prefix token
         xs, ys, tied = attention_points(patch_attn, grid, ps, options.point)
         xs, ys, tied = xs.cpu().numpy(), ys.cpu().numpy(), tied.cpu().numpy()
-        mass = prefix_mass.cpu().numpy()
+        mass, dmass = prefix_mass.cpu().numpy(), dist_mass.cpu().numpy()
         n_layers, _, n_heads = xs.shape
         step_idx, head_idx = np.meshgrid(np.arange(1, n_layers + 1), np.arange(n_heads), indexing="ij")
         for b, prep in enumerate(prepared):
@@ -321,14 +325,15 @@ def score_model(
             hit &= ~excluded
             # plain arrays per image, one DataFrame at the end (a frame per image costs as much as its scoring)
             points.append((np.full(step_idx.size, prep.index), step_idx.ravel(), head_idx.ravel(),
-                           fx.ravel(), fy.ravel(), hit.ravel(), excluded.ravel(), mass[:, b].ravel()))
+                           fx.ravel(), fy.ravel(), hit.ravel(), excluded.ravel(), mass[:, b].ravel(),
+                           dmass[:, b].ravel()))
             images.append({
                 "image_index": prep.index, "name": prep.name, "wnid": prep.wnid, "label": prep.label,
                 "width": prep.width, "height": prep.height, "mask_fraction": prep.mask_fraction,
                 "chance": prep.chance, "centre_hit": prep.centre_hit, "centre_excluded": prep.centre_excluded,
             })
     bar.close()
-    point_cols = ["image_index", "step", "head", "x", "y", "hit", "excluded", "prefix_mass"]
+    point_cols = ["image_index", "step", "head", "x", "y", "hit", "excluded", "prefix_mass", "dist_mass"]
     image_cols = ["image_index", "name", "wnid", "label", "width", "height", "mask_fraction", "chance", "centre_hit",
                   "centre_excluded"]
     columns = [np.concatenate(parts) for parts in zip(*points, strict=True)] if points else None

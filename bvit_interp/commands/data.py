@@ -6,7 +6,7 @@ import argparse
 
 from ..data.export import FORMATS, export_shapes
 from ..data.shapes import ShapesConfig, chance_level
-from .common import HelpFormatter
+from .common import HelpFormatter, positive_int
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -16,9 +16,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     e.add_argument("out", help="output directory (must be empty or new unless --force)")
     e.add_argument("--format", choices=FORMATS, default="imagenet-s", help="on-disk layout")
     e.add_argument("--split", choices=("val", "train"), default="val", help="which split to export")
-    e.add_argument("--img-size", type=int, default=32, help="image size in pixels")
-    e.add_argument("--num-val", type=int, default=2000, help="validation split size")
-    e.add_argument("--limit", type=int, help="export only the first N images of the split")
+    e.add_argument("--img-size", type=positive_int, default=32, help="image size in pixels")
+    e.add_argument("--num-val", type=positive_int, default=2000, help="validation split size")
+    e.add_argument("--limit", type=positive_int, help="export only the first N images of the split")
     e.add_argument("--seed", type=int, default=0, help="dataset seed")
     e.add_argument("--force", action="store_true", help="replace an earlier export in OUT")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")

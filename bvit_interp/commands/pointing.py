@@ -98,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
                 amp=device.type == "cuda" and not args.no_amp, strict=args.strict, dist_info=info, seed=args.seed,
             )
         except SampleError as err:  # only raised with --strict; without it such images are skipped and recorded
-            raise ValueError(f"--strict: stopped at an unusable image: {err}; without --strict it is skipped "
+            # from a loader worker the message holds the worker's traceback: keep its last line
+            text = str(err).strip().splitlines()[-1].split("SampleError: ", 1)[-1]
+            raise ValueError(f"--strict: stopped at an unusable image: {text}; without --strict it is skipped "
                              "and recorded in the skipped table") from err
         if info.is_main:
             write_tables(run_dir, tables, csv=args.csv)

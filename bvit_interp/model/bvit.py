@@ -4,35 +4,43 @@ bViT = 1 block x T steps, ViT = L blocks x 1 step, paper Table 2 hybrids in betw
 ``l`` of the unrolled network uses block ``l % blocks``. Everything except the recurrent
 loop (patch embedding, positional embedding, pooling, head, weight init, key names) is
 timm's, so timm weights and timm code work on it unchanged.
+
+Variants (docs/variants.md): a ``dist_token`` config is timm's ``VisionTransformerDistilled``
+(DeiT, paper App. C): tokens ``[cls, dist, reg..., patches]``, a second head ``head_dist``, and
+``forward_head`` returning ``(cls_logits, dist_logits)`` in training after
+``set_distilled_training(True)``, the mean of both heads otherwise. bViT-fl and bViT-sc (App. D)
+carry a latent / memory state from step to step beside the residual stream.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import LayerNorm, RmsNorm
-from timm.models.vision_transformer import VisionTransformer
+from timm.layers import LayerNorm, RmsNorm, trunc_normal_
+from timm.models.vision_transformer import VisionTransformer, init_weights_vit_timm
 from torch import nn
 
 from .block import hooked_block_forward
-from .config import BViTConfig
+from .config import DIST_TOKEN_INDEX, BViTConfig
 from .hooks import (
-    READ_ONLY_SITES,
     ActivationCache,
     HookContext,
     HookRegistry,
     TokenSelector,
     hook_layer,
     hook_name,
+    is_read_only,
     layer_position,
     make_key,
     parse_name,
     reduce_tokens,
     resolve_tokens,
+    split_site,
 )
 
 Edit = Callable[[torch.Tensor], "torch.Tensor | None"] | torch.Tensor | float
@@ -62,9 +70,84 @@ class BViT(VisionTransformer):
         self.time_embed = nn.Parameter(torch.zeros(config.steps, config.embed_dim)) if config.time_embed else None
         if self.time_embed is not None:
             nn.init.trunc_normal_(self.time_embed, std=0.02)
+        self.dist_token: nn.Parameter | None = None
+        self.head_dist: nn.Module | None = None
+        self.distilled_training = False  # timm's flag: forward_head returns both heads' logits when training
+        if config.dist_token:
+            self._add_distillation_token()
+        independent_latent = config.latent_steps and config.latent_block == "independent"
+        independent_memory = config.memory_every and config.memory_block == "independent"
+        self.latent_blocks = self._new_blocks() if independent_latent else None
+        self.memory_blocks = self._new_blocks() if independent_memory else None
         self.hooks = HookRegistry()
         self.checkpoint_path: str | None = None
         self.checkpoint_sha256: str | None = None
+
+    # ------------------------------------------------------------------ variants
+    def _add_distillation_token(self) -> None:
+        """DeiT's distillation token after CLS, a position embedding covering it, and ``head_dist`` (timm's init)."""
+        d = self.embed_dim
+        device = self.cls_token.device
+        self.num_prefix_tokens = self.config.num_prefix_tokens
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, d, device=device))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, d,
+                                                  device=device))
+        self.head_dist = nn.Linear(d, self.num_classes, device=device) if self.num_classes > 0 else nn.Identity()
+        trunc_normal_(self.dist_token, std=0.02)
+        trunc_normal_(self.pos_embed, std=0.02)
+        init_weights_vit_timm(self.head_dist)
+
+    def _new_blocks(self) -> nn.ModuleList:
+        """An independent block shaped like the shared one, with timm's initialisation (bViT-fl / -sc)."""
+        block = copy.deepcopy(self.blocks[0])
+        for module in block.modules():
+            init_weights_vit_timm(module)
+        return nn.ModuleList([block])
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """timm's switch: in training mode ``forward_head`` then returns ``(cls_logits, dist_logits)``."""
+        if enable and self.head_dist is None:
+            raise ValueError(f"model {self.config.name!r} has no distillation token; use a -dist config")
+        self.distilled_training = enable
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """timm's ``reset_classifier``; a -dist model gets a new ``head_dist`` as well."""
+        super().reset_classifier(num_classes, global_pool)
+        if self.head_dist is not None:
+            ref = self.cls_token
+            self.head_dist = (nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype)
+                              if num_classes > 0 else nn.Identity())
+            self.head_dist.train(self.training)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's ``_pos_embed``; with a distillation token ``[cls, dist, reg..., patches] + pos_embed`` (timm's DeiT)."""
+        if self.dist_token is None:
+            return super()._pos_embed(x)
+        if self.dynamic_img_size or self.no_embed_class:
+            raise NotImplementedError("the distillation token supports the fixed-size, embed-class layout only")
+        b = x.shape[0]
+        parts = [self.cls_token.expand(b, -1, -1), self.dist_token.expand(b, -1, -1)]
+        if self.reg_token is not None:
+            parts.append(self.reg_token.expand(b, -1, -1))
+        x = torch.cat([*parts, x.reshape(b, -1, x.shape[-1])], dim=1) + self.pos_embed
+        return self.pos_drop(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> Any:
+        """timm's head on CLS; a -dist model reads CLS and the distillation token like timm's DeiT."""
+        if self.head_dist is None:
+            return super().forward_head(x, pre_logits)
+        cls, dist = self.head_drop(x[:, 0]), self.head_drop(x[:, DIST_TOKEN_INDEX])
+        if pre_logits:
+            return (cls + dist) / 2
+        cls, dist = self.head(cls), self.head_dist(dist)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return cls, dist
+        return (cls + dist) / 2
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a forward can resume from one layer's ``resid_pre`` (not bViT-fl / -sc: they carry extra state)."""
+        return not self.config.variant
 
     # ------------------------------------------------------------------ forward
     @property
@@ -100,23 +183,78 @@ class BViT(VisionTransformer):
             x = self.layer(x, t * self.num_blocks + b)
         return x
 
+    def _apply_block(self, block: nn.Module, x: torch.Tensor, t: int, b: int, prefix: str = "") -> torch.Tensor:
+        """``block(x)`` at (step t, block b), firing the hooks of its sites (under ``prefix`` for a sub-block)."""
+        if self.hooks:
+            ctx = HookContext(self.hooks, t, b, self.num_blocks, prefix)
+            if ctx.sites:
+                return hooked_block_forward(block, x, ctx)
+        return block(x)
+
+    def _add_time(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """Add step t's time embedding (-TE; beyond the trained horizon the last step's embedding is reused)."""
+        if self.time_embed is None:
+            return x
+        return x + self.time_embed[min(t, self.config.steps - 1)]
+
     def layer(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Apply unrolled layer ``index`` alone (block ``index % blocks`` of step ``index // blocks``).
 
         Fires that layer's hooks and, after a step's last block, adds the time embedding, so a
         forward can resume mid-step from a captured ``resid_pre`` (ablation, early exit).
         """
+        if not self.resumable:
+            raise ValueError(
+                f"model {self.config.name!r} (bViT-{self.config.variant}) carries a "
+                f"{'latent' if self.config.variant == 'fl' else 'memory'} state from step to step, so one layer "
+                "cannot run alone or resume from a residual stream; run the whole forward (hooks fire at every step)"
+            )
         t, b = layer_position(index, self.num_blocks)
-        block = self.blocks[b]
+        x = self._apply_block(self.blocks[b], x, t, b)
+        return self._add_time(x, t) if b == self.num_blocks - 1 else x
+
+    def _fl_step(self, h: torch.Tensor, z: torch.Tensor, t: int, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """bViT-fl step t: z <- g(h + z) - h ``latent_steps`` times, then h <- f(h + z) + tau_t (docs/variants.md)."""
+        cfg = self.config
+        latent = self.blocks[0] if self.latent_blocks is None else self.latent_blocks[0]
+        if cfg.latent_grad == "truncated":
+            z = z.detach()  # gradients reach back through this step's inner updates only
+        grad = torch.no_grad() if cfg.latent_grad == "frozen" else contextlib.nullcontext()
+        with grad:
+            for i in range(cfg.latent_steps):
+                # g reads the combined state and its residual branches write into the latent alone
+                # (h is injected, not accumulated: z stays a sum of block updates).
+                z = self._apply_block(latent, h + z, t, 0, f"latent.{i}.") - h
         if self.hooks:
-            ctx = HookContext(self.hooks, t, b, self.num_blocks)
-            x = hooked_block_forward(block, x, ctx) if ctx.sites else block(x)
-        else:
-            x = block(x)
-        if b == self.num_blocks - 1 and self.time_embed is not None:
-            # Beyond the trained horizon the last step's embedding is reused.
-            x = x + self.time_embed[min(t, self.config.steps - 1)]
-        return x
+            z = HookContext(self.hooks, t, 0, self.num_blocks)("latent", z)
+        h = self._apply_block(self.blocks[0], h + z, t, 0)
+        return self._add_time(h, t), z
+
+    def _sc_step(self, h: torch.Tensor, m: torch.Tensor, t: int, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """bViT-sc step t: h <- f(h + m) + tau_t; after every ``memory_every``-th step m <- g(h + m) (docs/variants.md)."""
+        cfg = self.config
+        if self.hooks:
+            m = HookContext(self.hooks, t, 0, self.num_blocks)("memory", m)
+        u = h + m
+        out = self._apply_block(self.blocks[0], u, t, 0)
+        if (t + 1) % cfg.memory_every == 0 and t + 1 < n_steps:
+            # A shared memory block applied to the same input is the main block's output: no extra compute.
+            new = out if self.memory_blocks is None else self._apply_block(self.memory_blocks[0], u, t, 0, "memory.")
+            m = new.detach() if cfg.memory_grad == "truncated" else new
+        return self._add_time(out, t), m
+
+    def _run_layers(self, h: torch.Tensor, n_layers: int) -> Iterator[torch.Tensor]:
+        """The state after each of the first ``n_layers`` unrolled layers, from the embedded tokens ``h``."""
+        if self.resumable:
+            for index in range(n_layers):
+                h = self.layer(h, index)
+                yield h
+            return
+        step = self._fl_step if self.config.variant == "fl" else self._sc_step
+        extra = torch.zeros_like(h)  # z_0 = 0 (bViT-fl) or m_0 = 0 (bViT-sc); blocks == 1, so layer = step
+        for t in range(n_layers):
+            h, extra = step(h, extra, t, n_layers)
+            yield h
 
     def forward_from(self, x: torch.Tensor, start: int, steps: int | None = None) -> torch.Tensor:
         """Class logits resumed from the residual stream ``x`` entering unrolled layer ``start`` (its ``resid_pre``)."""
@@ -127,8 +265,8 @@ class BViT(VisionTransformer):
     def forward_features(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """Tokens after ``steps`` recurrent steps and the final norm: (B, N, D)."""
         x = self._fire_global("embed", self.embed(x))
-        for t in range(self._steps(steps)):
-            x = self.step(x, t)
+        for state in self._run_layers(x, self.num_layers(steps)):
+            x = state
         return self._fire_global("final", self.norm(x))
 
     def forward(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
@@ -168,8 +306,8 @@ class BViT(VisionTransformer):
         last_step = layer_position(max(take), self.num_blocks)[0] + 1 if stop_early else self._steps(steps)
         wanted, states = set(take), {}
         h = self._fire_global("embed", self.embed(x))
-        for index in range(last_step * self.num_blocks):
-            h = self.layer(h, index)
+        for index, state in enumerate(self._run_layers(h, last_step * self.num_blocks)):
+            h = state
             if index in wanted:
                 states[index] = h
         feats = self._fire_global("final", self.norm(h))
@@ -200,13 +338,33 @@ class BViT(VisionTransformer):
         """(site, unrolled layer) of a full hook name, e.g. the name a hook function receives."""
         return hook_layer(name, self.num_blocks)
 
+    def _check_site(self, site: str) -> None:
+        """KeyError when ``site`` is a variant's site that this model never fires (bViT-fl latent, bViT-sc memory)."""
+        prefix, _ = split_site(site)
+        cfg = self.config
+        if prefix.startswith("latent."):
+            inner = int(prefix.split(".")[1])
+            if inner >= cfg.latent_steps:
+                raise KeyError(f"hook site {site!r}: model {cfg.name!r} makes {cfg.latent_steps} inner latent updates "
+                               "per step (bViT-fl sites latent.0. .. latent.{n-1}. with n = latent_steps)")
+        elif prefix == "memory.":
+            if not (cfg.memory_every and cfg.memory_block == "independent"):
+                raise KeyError(f"hook site {site!r}: only a bViT-sc with memory_block='independent' applies a memory "
+                               f"block (model {cfg.name!r}); with a shared block the memory is the step's resid_post")
+        elif site == "latent" and not cfg.latent_steps:
+            raise KeyError(f"hook site {site!r}: model {cfg.name!r} has no fast latent (a bViT-fl site)")
+        elif site == "memory" and not cfg.memory_every:
+            raise KeyError(f"hook site {site!r}: model {cfg.name!r} has no memory state (a bViT-sc site)")
+
     @contextlib.contextmanager
     def hooked(self, hooks: Iterable[tuple[str, Callable[..., Any]]], steps: Iterable[int] | None = None) -> Iterator[None]:
         """Attach ``(name, fn(tensor, name) -> tensor | None)`` hooks for the duration of the block."""
         handles = []
         try:
             for name, fn in hooks:
-                handles.append(self.hooks.add(make_key(name, steps), fn))
+                key = make_key(name, steps)
+                self._check_site(key.site)
+                handles.append(self.hooks.add(key, fn))
             yield
         finally:
             self.hooks.remove(handles)
@@ -252,7 +410,7 @@ class BViT(VisionTransformer):
         """
         hooks = []
         for name, edit in edits.items():
-            if parse_name(name)[0] in READ_ONLY_SITES:
+            if is_read_only(parse_name(name)[0]):
                 raise ValueError(f"{name!r} is a read-out; patch 'attn.pattern' to change attention")
             hooks.append((name, _as_hook(edit)))
         with self.hooked(hooks, steps=steps):

@@ -7,6 +7,21 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 NORM_TYPES = ("rmsnorm", "layernorm")
+BLOCK_CHOICES = ("shared", "independent")  # App. D: the latent / memory block shares the main block's weights or not
+LATENT_GRADS = ("full", "truncated", "frozen")  # App. D.1: gradient flow through the fast latent
+MEMORY_GRADS = ("full", "truncated")  # App. D.2: end-to-end ("full") or truncated through the memory
+DIST_TOKEN_INDEX = 1  # token order [cls, dist, reg..., patches], as timm's VisionTransformerDistilled
+# Variant fields (issue 18) are written to a config dict only when they differ from their defaults,
+# so the config dicts of plain models (checkpoints, train states, run metadata) are unchanged.
+VARIANT_FIELDS = {
+    "dist_token": False,
+    "latent_steps": 0,
+    "latent_block": "shared",
+    "latent_grad": "full",
+    "memory_every": 0,
+    "memory_block": "shared",
+    "memory_grad": "full",
+}
 
 
 @dataclass(frozen=True)
@@ -16,6 +31,12 @@ class BViTConfig:
     A recurrent step applies ``blocks`` distinct pre-norm transformer blocks in order; the
     stack is applied ``steps`` times, so layer ``l`` of the unrolled network uses block
     ``l % blocks``. Argument names follow timm's ``VisionTransformer``.
+
+    Variants (docs/variants.md): ``dist_token`` adds DeiT's distillation token and head (App. C);
+    ``latent_steps`` > 0 makes a bViT-fl (App. D.1: ``latent_steps`` inner updates of an auxiliary
+    latent before each application of the shared block, ``latent_block`` / ``latent_grad``);
+    ``memory_every`` > 0 a bViT-sc (App. D.2: a memory state updated every ``memory_every`` steps
+    and added to the recurrent state, ``memory_block`` / ``memory_grad``).
     """
 
     img_size: int = 224
@@ -36,6 +57,14 @@ class BViTConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     crop_pct: float = 0.875
+    # Paper App. C (distillation token) and App. D (bViT-fl, bViT-sc); see VARIANT_FIELDS.
+    dist_token: bool = False
+    latent_steps: int = 0
+    latent_block: str = "shared"
+    latent_grad: str = "full"
+    memory_every: int = 0
+    memory_block: str = "shared"
+    memory_grad: str = "full"
     name: str = "custom"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -54,8 +83,38 @@ class BViTConfig:
             problems.append(f"norm must be one of {NORM_TYPES}, got {self.norm!r}")
         if self.reg_tokens < 0:
             problems.append(f"reg_tokens must be >= 0, got {self.reg_tokens}")
+        problems += self._variant_problems()
         if problems:
             raise ValueError("invalid BViTConfig: " + "; ".join(problems))
+
+    def _variant_problems(self) -> list[str]:
+        """Problems with the App. C / D variant fields."""
+        problems = []
+        for name, value, allowed in (
+            ("latent_block", self.latent_block, BLOCK_CHOICES),
+            ("latent_grad", self.latent_grad, LATENT_GRADS),
+            ("memory_block", self.memory_block, BLOCK_CHOICES),
+            ("memory_grad", self.memory_grad, MEMORY_GRADS),
+        ):
+            if value not in allowed:
+                problems.append(f"{name} must be one of {allowed}, got {value!r}")
+        if self.latent_steps < 0 or self.memory_every < 0:
+            problems.append(f"latent_steps and memory_every must be >= 0 (got {self.latent_steps}, {self.memory_every})")
+        if self.latent_steps and self.memory_every:
+            problems.append("a model is bViT-fl (latent_steps) or bViT-sc (memory_every), not both")
+        if (self.latent_steps or self.memory_every) and self.blocks != 1:
+            problems.append(f"bViT-fl / bViT-sc recur one shared block (App. D): blocks must be 1, got {self.blocks}")
+        return problems
+
+    @property
+    def variant(self) -> str:
+        """"fl" (App. D.1), "sc" (App. D.2) or "" (plain blocks x steps)."""
+        return "fl" if self.latent_steps else "sc" if self.memory_every else ""
+
+    @property
+    def dist_token_index(self) -> int | None:
+        """Token index of the distillation token (1, after CLS), or None without one."""
+        return DIST_TOKEN_INDEX if self.dist_token else None
 
     @property
     def data_config(self) -> dict[str, Any]:
@@ -84,8 +143,8 @@ class BViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        """CLS plus register tokens, which precede the patch tokens."""
-        return 1 + self.reg_tokens
+        """CLS, the distillation token (if any) and the registers, which precede the patch tokens."""
+        return 1 + int(self.dist_token) + self.reg_tokens
 
     @property
     def head_dim(self) -> int:
@@ -103,7 +162,12 @@ class BViTConfig:
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain dict (JSON); variant fields at their defaults are left out (``from_dict`` restores them)."""
+        out = dataclasses.asdict(self)
+        for key, default in VARIANT_FIELDS.items():
+            if out[key] == default:
+                del out[key]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BViTConfig:
@@ -154,6 +218,18 @@ def _registry() -> dict[str, BViTConfig]:
         name="bvit_micro", img_size=16, patch_size=4, num_classes=5, embed_dim=32, num_heads=4, blocks=1, steps=4,
         crop_pct=1.0,
     )
+    # Paper App. D (docs/variants.md): bViT-fl with 3 inner latent updates (the count that gives
+    # Table 6's 134.1 GFLOPs at bViT-B size) and bViT-sc with a memory update every 4 steps (our
+    # choice: the paper's intervals are lost in our copy; 2 for the 4-step micro config); shared
+    # blocks and full gradients. Other settings are overrides, e.g.
+    # build_model("bvit_b_fl", latent_block="independent", latent_grad="frozen").
+    for base in ("bvit_s", "bvit_b", "bvit_l", "bvit_tiny", "bvit_micro"):
+        every = 2 if base == "bvit_micro" else 4
+        configs[f"{base}_fl"] = configs[base].replace(name=f"{base}_fl", latent_steps=3)
+        configs[f"{base}_sc"] = configs[base].replace(name=f"{base}_sc", memory_every=every)
+    # Paper App. C: a DeiT distillation-token variant of every config above.
+    for name, cfg in list(configs.items()):
+        configs[f"{name}_dist"] = cfg.replace(name=f"{name}_dist", dist_token=True)
     return configs
 
 

@@ -67,7 +67,8 @@ def _infer_config(state: dict[str, torch.Tensor], num_heads: int, norm: str, **o
     embed_dim, in_chans, patch, _ = w.shape
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     reg = state["reg_token"].shape[1] if "reg_token" in state else 0
-    n_pos = state["pos_embed"].shape[1] - 1 - reg
+    dist = "dist_token" in state  # timm's VisionTransformerDistilled (DeiT)
+    n_pos = state["pos_embed"].shape[1] - 1 - int(dist) - reg
     grid = int(round(n_pos**0.5))
     if grid * grid != n_pos:
         raise ValueError(f"pos_embed holds {n_pos} patch positions, not a square grid")
@@ -84,6 +85,7 @@ def _infer_config(state: dict[str, torch.Tensor], num_heads: int, norm: str, **o
         "blocks": depth,
         "steps": 1,
         "reg_tokens": reg,
+        "dist_token": dist,
         "norm": norm,
         "name": "imported",
     }
@@ -94,7 +96,7 @@ def _infer_config(state: dict[str, torch.Tensor], num_heads: int, norm: str, **o
 def import_timm_vit(
     source: str | os.PathLike[str] | dict[str, torch.Tensor], num_heads: int, norm: str = "layernorm", **overrides: Any
 ) -> BViT:
-    """Load a timm ``VisionTransformer`` state dict (class token, 'token' pooling) as an L x 1 BViT."""
+    """Load a timm ``VisionTransformer`` (or DeiT ``VisionTransformerDistilled``) state dict as an L x 1 BViT."""
     state = _read_state_dict(source)
     if "patch_embed.proj.weight" not in state:
         raise ValueError("not a timm VisionTransformer state dict: no 'patch_embed.proj.weight' key")

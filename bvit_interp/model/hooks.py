@@ -5,6 +5,13 @@ holds several distinct blocks), plus the step-free sites ``embed`` and ``final``
 recurrent block fires once per step, every (site, step) pair is its own entry: nothing is
 ever overwritten by a later step.
 
+The App. D variants (docs/variants.md) add sub-block sites, with blocks == 1: a bViT-fl's inner
+latent update i at step t fires the block sites under ``steps.{t}.latent.{i}.<site>`` (e.g.
+``steps.3.latent.0.resid_post``) and the latent it adds to the state as ``steps.{t}.latent``; a
+bViT-sc fires its memory state ``steps.{t}.memory`` (the memory added to the state at step t)
+and, with an independent memory block, that block's sites under ``steps.{t}.memory.<site>``. A prefixed site is a site like any other: ``hook_name``,
+``hook_layer``, ``capture`` and ``cache[site, layer]`` take ``"latent.0.resid_post"`` as a site.
+
 Code that thinks in unrolled layers (``layer = step * blocks + block``: the recurrent step of
 a bViT, the block of a ViT) converts with ``hook_name(site, layer, blocks)`` and its inverse
 ``hook_layer(name, blocks) -> (site, layer)``; nothing else should do this arithmetic.
@@ -38,10 +45,13 @@ BLOCK_SITES: dict[str, tuple[str, int | None]] = {
 }
 GLOBAL_SITES: dict[str, tuple[str, int | None]] = {"embed": ("B N D", 1), "final": ("B N D", 1)}
 ALL_SITES = {**BLOCK_SITES, **GLOBAL_SITES}
+# Per-step state sites of the App. D variants (bViT-sc's memory), fired outside the block.
+STATE_SITES: dict[str, tuple[str, int | None]] = {"latent": ("B N D", 1), "memory": ("B N D", 1)}
 # Sites that are derived read-outs: patching them could not change the forward pass.
 READ_ONLY_SITES = frozenset({"attn.cls_pattern"})
 
 _FULL_NAME = re.compile(r"^steps\.(\d+)\.(?:blocks\.(\d+)\.)?(.+)$")
+_SUB_SITE = re.compile(r"^(latent\.\d+|memory)\.(.+)$")
 
 HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
 
@@ -60,6 +70,42 @@ class HookKey:
         return self.blocks is None or block in self.blocks
 
 
+def latent_site(site: str, inner: int) -> str:
+    """Site of a bViT-fl's inner latent update ``inner`` (0-based): ``latent.{inner}.<site>``."""
+    return f"latent.{int(inner)}.{site}"
+
+
+def memory_site(site: str) -> str:
+    """Site of a bViT-sc's independent memory block: ``memory.<site>``."""
+    return f"memory.{site}"
+
+
+def split_site(site: str) -> tuple[str, str]:
+    """(sub-block prefix with its trailing dot or "", block site): ``latent.2.attn.z`` -> ("latent.2.", "attn.z")."""
+    m = _SUB_SITE.match(site)
+    if m is not None and m.group(2) in BLOCK_SITES:
+        return m.group(1) + ".", m.group(2)
+    return "", site
+
+
+def site_info(site: str) -> tuple[str, int | None]:
+    """(shape, token axis) of any site, prefixed sub-block sites included; KeyError for unknown sites."""
+    prefix, base = split_site(site)
+    if prefix:
+        return BLOCK_SITES[base]
+    if site in ALL_SITES:
+        return ALL_SITES[site]
+    if site in STATE_SITES:
+        return STATE_SITES[site]
+    valid = ", ".join([*ALL_SITES, *STATE_SITES, "latent.{i}.<site>", "memory.<site>"])
+    raise KeyError(f"unknown hook site {site!r}; valid sites: {valid}")
+
+
+def is_read_only(site: str) -> bool:
+    """Whether ``site`` (prefixed or not) is a derived read-out that patching cannot change."""
+    return split_site(site)[1] in READ_ONLY_SITES
+
+
 def site_name(site: str, step: int | None, block: int | None, num_blocks: int) -> str:
     """Full hook name of ``site`` at (step, block), following the naming rule above."""
     if step is None:
@@ -76,8 +122,10 @@ def parse_name(name: str) -> tuple[str, int | None, int | None]:
         site, step, block = name, None, None
     else:
         site, step, block = m.group(3), int(m.group(1)), None if m.group(2) is None else int(m.group(2))
-    if site not in ALL_SITES:
-        raise KeyError(f"unknown hook site {site!r} in {name!r}; valid sites: {', '.join(ALL_SITES)}")
+    try:
+        site_info(site)
+    except KeyError as err:
+        raise KeyError(f"{err.args[0]} (in {name!r})") from None
     if site in GLOBAL_SITES and step is not None:
         raise KeyError(f"site {site!r} is not per step; use the bare name {site!r}")
     return site, step, block
@@ -93,8 +141,7 @@ def layer_position(layer: int, num_blocks: int) -> tuple[int, int]:
 
 def hook_name(site: str, layer: int | None, num_blocks: int) -> str:
     """Full hook name of ``site`` at unrolled ``layer`` (None for ``embed`` / ``final``); inverse of ``hook_layer``."""
-    if site not in ALL_SITES:
-        raise KeyError(f"unknown hook site {site!r}; valid sites: {', '.join(ALL_SITES)}")
+    site_info(site)
     if site in GLOBAL_SITES:
         if layer is not None:
             raise KeyError(f"site {site!r} is not per step; pass layer=None")
@@ -109,7 +156,7 @@ def hook_layer(name: str, num_blocks: int) -> tuple[str, int | None]:
     """(site, unrolled layer) of a full hook name, as hook functions receive it (layer None for global sites)."""
     site, step, block = parse_name(name)
     if step is None:
-        if site in BLOCK_SITES:
+        if site not in GLOBAL_SITES:
             raise ValueError(f"{name!r} names no step, so no single layer")
         return site, None
     if block is None:
@@ -182,25 +229,36 @@ class HookRegistry:
 
 
 class HookContext:
-    """Fires the hooks of one (step, block) application; built only when some hook is registered."""
+    """Fires the hooks of one (step, block) application; built only when some hook is registered.
 
-    __slots__ = ("registry", "step", "block", "num_blocks", "sites")
+    ``prefix`` ("latent.{i}." or "memory.") makes it fire a sub-block's sites: the block code
+    calls ``hook("resid_post", x)`` and the hooks of ``latent.{i}.resid_post`` run. ``sites``
+    holds the block sites wanted under this prefix (empty: the plain block path can run).
+    """
 
-    def __init__(self, registry: HookRegistry, step: int | None, block: int | None, num_blocks: int) -> None:
+    __slots__ = ("registry", "step", "block", "num_blocks", "prefix", "active", "sites")
+
+    def __init__(
+        self, registry: HookRegistry, step: int | None, block: int | None, num_blocks: int, prefix: str = ""
+    ) -> None:
         self.registry = registry
         self.step = step
         self.block = block
         self.num_blocks = num_blocks
-        self.sites = registry.active_sites(step, block)
+        self.prefix = prefix
+        self.active = registry.active_sites(step, block)
+        n = len(prefix)
+        self.sites = frozenset(s[n:] for s in self.active if s.startswith(prefix) and s[n:] in BLOCK_SITES)
 
     def wants(self, site: str) -> bool:
         return site in self.sites
 
     def __call__(self, site: str, tensor: torch.Tensor) -> torch.Tensor:
-        if site not in self.sites:
+        full = self.prefix + site
+        if full not in self.active:
             return tensor
-        name = site_name(site, self.step, self.block, self.num_blocks)
-        return self.registry.fire(site, tensor, self.step, self.block, name)
+        name = site_name(full, self.step, self.block, self.num_blocks)
+        return self.registry.fire(full, tensor, self.step, self.block, name)
 
 
 TokenSelector = int | slice | list[int] | str | None
@@ -218,7 +276,7 @@ def resolve_tokens(tokens: TokenSelector, num_prefix_tokens: int) -> int | slice
 
 def reduce_tokens(tensor: torch.Tensor, site: str, tokens: int | slice | list[int] | None) -> torch.Tensor:
     """Keep only the selected tokens along the site's token axis (sites without one are untouched)."""
-    dim = ALL_SITES[site][1]
+    dim = site_info(site)[1]
     if tokens is None or dim is None:
         return tensor
     index: list[object] = [slice(None)] * tensor.dim()

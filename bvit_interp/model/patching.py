@@ -34,12 +34,14 @@ import torch
 
 from .bvit import BViT
 from .hooks import (
-    ALL_SITES,
     BLOCK_SITES,
-    READ_ONLY_SITES,
+    GLOBAL_SITES,
     ActivationCache,
     TokenSelector,
+    is_read_only,
     resolve_tokens,
+    site_info,
+    split_site,
 )
 
 Source = torch.Tensor | float | Callable[[], torch.Tensor]
@@ -60,20 +62,27 @@ class Patch:
 
     def check(self, model: BViT, start: int | None = None) -> None:
         """ValueError naming the field when the patch does not fit ``model`` (or lies before ``start``)."""
-        if self.site not in BLOCK_SITES:
-            raise ValueError(f"patch site {self.site!r}: choose a per-step site ({', '.join(BLOCK_SITES)})")
-        if self.site in READ_ONLY_SITES:
+        try:
+            site_info(self.site)
+        except KeyError:
+            known = False
+        else:
+            known = self.site not in GLOBAL_SITES
+        if not known:
+            raise ValueError(f"patch site {self.site!r}: choose a per-step site ({', '.join(BLOCK_SITES)}, "
+                             "or a variant's latent.{i}.<site> / memory / memory.<site>)")
+        if is_read_only(self.site):
             raise ValueError(f"{self.site!r} is a read-out; patch 'attn.pattern' to change attention")
         if not 0 <= self.layer < model.num_layers():
             raise ValueError(f"patch layer {self.layer} out of range 0..{model.num_layers() - 1}")
         if start is not None and self.layer < start:
             raise ValueError(f"patch layer {self.layer} lies before the resumed layer {start}")
         if self.head is not None:
-            if self.site not in HEAD_SITES:
+            if split_site(self.site)[1] not in HEAD_SITES:
                 raise ValueError(f"site {self.site!r} has no head axis; heads apply to {sorted(HEAD_SITES)}")
             if not 0 <= self.head < model.config.num_heads:
                 raise ValueError(f"head {self.head} out of range 0..{model.config.num_heads - 1}")
-        if self.tokens is not None and ALL_SITES[self.site][1] is None:
+        if self.tokens is not None and site_info(self.site)[1] is None:
             raise ValueError(f"site {self.site!r} has no token axis")
 
     def index(self, ndim: int, num_prefix_tokens: int) -> tuple[object, ...]:
@@ -82,7 +91,7 @@ class Patch:
         if self.head is not None:
             index[1] = self.head
         if self.tokens is not None:
-            index[ALL_SITES[self.site][1]] = resolve_tokens(self.tokens, num_prefix_tokens)  # type: ignore[index]
+            index[site_info(self.site)[1]] = resolve_tokens(self.tokens, num_prefix_tokens)  # type: ignore[index]
         return tuple(index)
 
 
@@ -168,7 +177,8 @@ def patch_activations(
     (no head axis); ``tokens`` None patches all tokens (no token axis), else a list of token
     groups ("cls", "patches", an index, a slice, a list of indices). ``resume`` True captures
     ``resid_pre`` of ``inputs`` once and resumes every patched run from its layer; a cache
-    holding those ``resid_pre`` is used as is; False runs full forwards (the reference).
+    holding those ``resid_pre`` is used as is; False runs full forwards (the reference), as
+    does True on a bViT-fl / -sc, whose steps carry state beside the residual stream.
     ``max_batch`` bounds the images per stacked forward. Returns (layers, [heads], [tokens], *metric).
     """
     n_layers = model.num_layers(steps)
@@ -179,7 +189,7 @@ def patch_activations(
         raise ValueError("patch_activations needs at least one layer, head and token group")
     if isinstance(resume, ActivationCache):
         cache: ActivationCache | None = resume
-    elif resume:
+    elif resume and model.resumable:
         with model.capture([model.hook_name("resid_pre", layer) for layer in sorted(set(layer_list))]) as cache:
             model(inputs, steps=steps)
     else:
