@@ -35,7 +35,7 @@ from .evaluation import evaluate_accuracy
 from .model import BViT, build_model, get_config, save_model
 from .model.init import mimetic_init_, sincos_pos_embed_
 from .model.io import load_state_dict_checked
-from .train_losses import DistillationLoss, RelativeLocalizationLoss
+from .train_losses import DistillationLoss, RelativeLocalizationLoss, distillation_loss
 
 AMP_DTYPE = torch.bfloat16  # CUDA autocast: bf16 has fp32's range, so no gradient scaler is needed
 
@@ -137,7 +137,8 @@ class TrainConfig:
     init: str = "timm"  # "timm" or "mimetic" (Trockman & Kolter 2023)
     aux_loc: float = 0.0  # weight of the dense relative-localisation loss (Liu et al. 2021); 0 = off
     teacher: str | None = None  # checkpoint of a teacher (bvit-interp or timm CNN, see teacher.py)
-    distill: str = "soft"  # "soft" (KL at distill_tau) or "hard" (teacher argmax)
+    distill: str | None = None  # "soft" (KL at distill_tau) or "hard" (teacher argmax); None: hard for -dist models
+                                # (DeiT distillation token, App. C), soft otherwise
     distill_alpha: float = 0.5
     distill_tau: float = 2.0
     val_limit: int | None = None
@@ -177,11 +178,11 @@ def lr_at(cfg: TrainConfig, iteration: int, iters_per_epoch: int) -> float:
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on biases, norms, tokens and embeddings (timm convention)."""
     decay, no_decay = [], []
-    skip = {"cls_token", "reg_token", "pos_embed", "time_embed"}
+    skip = {"cls_token", "dist_token", "reg_token", "pos_embed", "time_embed"}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+        (no_decay if p.ndim <= 1 or name.rsplit(".", 1)[-1] in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -312,7 +313,16 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         criterion: torch.nn.Module = SoftTargetCrossEntropy()
     else:
         criterion = LabelSmoothingCrossEntropy(cfg.label_smoothing) if cfg.label_smoothing else torch.nn.CrossEntropyLoss()
-    distill = DistillationLoss(criterion, teacher, cfg.distill, cfg.distill_alpha, cfg.distill_tau) if teacher else None
+    dist_token = bool(getattr(model.config, "dist_token", False))
+    if dist_token and teacher is not None:
+        if cfg.distill == "soft":
+            raise ValueError("--distill soft: a -dist model learns its distillation token from hard teacher labels (App. C)")
+        model.set_distilled_training(True)  # forward_head returns (cls_logits, dist_logits) in train mode
+        distill = None
+    elif teacher is not None:
+        distill = DistillationLoss(criterion, teacher, cfg.distill or "soft", cfg.distill_alpha, cfg.distill_tau)
+    else:
+        distill = None
 
     start_epoch, iteration, history = 0, 0, []
     if cfg.resume:
@@ -353,7 +363,14 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                 images, labels = mixup(images, labels)
             with torch.autocast(device_type=device.type, dtype=AMP_DTYPE, enabled=amp):
                 logits, aux_loss = ddp_model(images)
-                loss = distill(images, logits, labels) if distill is not None else criterion(logits, labels)
+                if isinstance(logits, tuple):  # -dist model with a teacher: DeiT hard distillation
+                    with torch.no_grad():
+                        teacher_logits = teacher(images)
+                    loss = distillation_loss(logits[0], logits[1], labels, teacher_logits, criterion, cfg.distill_alpha)
+                elif distill is not None:
+                    loss = distill(images, logits, labels)
+                else:
+                    loss = criterion(logits, labels)
                 if aux_loss is not None:
                     loss = loss + cfg.aux_loc * aux_loss
             optimizer.zero_grad(set_to_none=True)

@@ -174,3 +174,28 @@ def test_hook_name_round_trip(blocks: int, steps: int) -> None:
     if blocks > 1:
         with pytest.raises(ValueError, match="not one layer"):
             hook_layer("steps.0.resid_post", blocks)
+
+
+def test_variant_sub_block_names_round_trip() -> None:
+    """bViT-fl / -sc sites (docs/variants.md): prefixed sites go through hook_name / hook_layer like any site."""
+    from bvit_interp.model.hooks import (
+        hook_layer,
+        hook_name,
+        latent_site,
+        memory_site,
+        site_info,
+        split_site,
+    )
+
+    assert latent_site("attn.z", 2) == "latent.2.attn.z" and memory_site("mlp.post") == "memory.mlp.post"
+    assert split_site("latent.2.attn.z") == ("latent.2.", "attn.z") and split_site("resid_post") == ("", "resid_post")
+    assert site_info("latent.0.attn.cls_pattern") == ("B H Nk", None) and site_info("memory") == ("B N D", 1)
+    for site in ("latent.0.resid_post", "latent.11.mlp.post", "memory.attn.z", "latent", "memory"):
+        for layer in (0, 5):
+            name = hook_name(site, layer, 1)
+            assert name == f"steps.{layer}.{site}" and hook_layer(name, 1) == (site, layer)
+    with pytest.raises(KeyError, match="unknown hook site"):
+        hook_name("latent.x.resid_post", 0, 1)
+    with pytest.raises(ValueError, match="names no step"):
+        hook_layer("latent.0.resid_post", 1)
+

@@ -22,6 +22,8 @@ def n_params(model: torch.nn.Module) -> int:
 PAPER_PARAMS = {
     "bvit_s": 2.5,
     "bvit_b": 8.6,
+    "bvit_b_fl": 8.6,  # Table 6: the latent block shares the main block's weights
+    "bvit_b_sc": 8.6,  # Table 6
     "bvit_l": 14.6,
     "vit_s": 22.0,
     "vit_l": 304.3,
@@ -95,6 +97,36 @@ def test_blocks_x_steps_equals_tied_timm_vit(blocks: int, steps: int, regs: int)
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("blocks,steps", [(1, 4), (2, 3), (4, 1)])
+def test_dist_blocks_x_steps_equals_tied_timm_deit(blocks: int, steps: int) -> None:
+    """A -dist model (App. C) equals timm's VisionTransformerDistilled of depth blocks*steps, both head modes."""
+    from timm.models.deit import VisionTransformerDistilled
+
+    torch.manual_seed(blocks * 10 + steps)
+    model = build_model("bvit_micro_dist", blocks=blocks, steps=steps).eval()
+    cfg = model.config
+    ref = VisionTransformerDistilled(
+        img_size=cfg.img_size, patch_size=cfg.patch_size, num_classes=cfg.num_classes, embed_dim=cfg.embed_dim,
+        depth=cfg.depth, num_heads=cfg.num_heads, norm_layer=type(model.norm),
+    ).eval()
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("blocks."):
+            _, b, rest = k.split(".", 2)
+            for layer in range(int(b), cfg.depth, cfg.blocks):
+                state[f"blocks.{layer}.{rest}"] = v
+        else:
+            state[k] = v
+    ref.load_state_dict(state, strict=True)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-6)
+        model.train().set_distilled_training(True)
+        ref.train().set_distilled_training(True)
+        for ours, theirs in zip(model(x), ref(x), strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_steps_argument_runs_any_number_of_steps(micro_bvit, micro_images) -> None:

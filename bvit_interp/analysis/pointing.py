@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -37,10 +37,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..data.imagenet_s import IGNORE_ID, SampleError
-from ..data.transforms import CropGeometry
+from ..data.sources import PointingSource
+from ..data.transforms import CropGeometry, denormalize
 from ..distributed import DistInfo
 from ..model import BViT, BViTConfig
-from .sources import PointingSource
 
 TIE_RULES = ("first", "any")
 POINT_RULES = ("center", "upsample")
@@ -239,6 +239,82 @@ def attention_points(
     return (idx % size).double() + 0.5, (idx // size).double() + 0.5, tied
 
 
+@torch.no_grad()
+def cls_attention(model: BViT, x: torch.Tensor, steps: int | None = None,
+                  amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CLS attention rows (B, L, H, N) of every unrolled layer in fp32, logits (B, C)) for model inputs ``x``.
+
+    The one "images -> CLS attention" step of the pointing game, its overlays and the app.
+    """
+    with model.capture("attn.cls_pattern", dtype=torch.float32) as cache:
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model.forward_head(model.forward_features(x, steps=steps))
+    rows = torch.stack([cache["attn.cls_pattern", layer] for layer in cache.layers("attn.cls_pattern")], 1)
+    return rows, logits
+
+
+@dataclass
+class AttentionMaps:
+    """CLS attention of a model on a few images, in the model's crop frame, scored like the game."""
+
+    indices: list[int]
+    names: list[str]
+    labels: list[int]
+    images: np.ndarray  # (N, S, S, 3) in [0, 1]: the model's input, de-normalised
+    masks: np.ndarray  # (N, S, S) bool: target-class pixels
+    maps: np.ndarray  # (N, L, H, g, g) attention over patch tokens
+    points: np.ndarray  # (N, L, H, 2) argmax point (x, y) in crop pixels
+    hits: np.ndarray  # (N, L, H) bool
+    preds: list[int]
+    confidence: list[float]
+    skipped: dict[int, str]
+    excluded: np.ndarray | None = None  # (N, L, H) bool: point on an ignore pixel under ignore="exclude"
+
+
+@torch.no_grad()
+def attention_maps(model: BViT, source: PointingSource, indices: Sequence[int],
+                   options: PointingOptions = PointingOptions(), device: torch.device | str = "cpu") -> AttentionMaps:
+    """Images -> CLS attention -> points -> hits of every step and head, for a few ``source`` images.
+
+    Scored as ``score_model`` scores (``within_tolerance``, TorchRay's strict ``distance < tolerance``;
+    tolerance 0 = inside the mask; the first maximal patch), in the model's crop frame whatever
+    ``options.frame`` says; unusable samples are listed in ``skipped``.
+    """
+    cfg = model.config
+    opts = replace(options, frame="crop")
+    preps, skipped = [], {}
+    for i in indices:
+        try:
+            preps.append(prepare_image(int(i), source, cfg, opts))
+        except SampleError as err:
+            skipped[int(i)] = f"{err.reason}: {err.detail}"
+    if not preps:
+        empty = np.zeros((0,))
+        return AttentionMaps([], [], [], empty, empty, empty, empty, empty, [], [], skipped)
+    g, npt = cfg.grid_size, cfg.num_prefix_tokens
+    x = torch.stack([p.tensor for p in preps]).to(device)
+    rows, logits = cls_attention(model, x, opts.steps)
+    patch = rows[..., npt:].cpu()  # (N, L, H, P)
+    xs, ys, _ = attention_points(patch, g, cfg.patch_size, opts.point)
+    xs, ys = xs.numpy(), ys.numpy()
+    hits = np.zeros(xs.shape, dtype=bool)
+    excluded = np.zeros(xs.shape, dtype=bool)
+    for n, p in enumerate(preps):
+        _, _, px, py = crop_points_to_pixels(xs[n], ys[n], p.geometry, "crop", p.distance.shape)
+        hits[n] = within_tolerance(p.distance[py, px], opts.tolerance)
+        if p.ignored is not None:
+            excluded[n] = p.ignored[py, px]
+    hits &= ~excluded
+    images = np.stack([denormalize(p.tensor.numpy(), cfg).transpose(1, 2, 0) for p in preps])
+    conf, pred = torch.softmax(logits.float(), -1).max(-1)
+    return AttentionMaps(
+        indices=[p.index for p in preps], names=[p.name for p in preps], labels=[p.label for p in preps],
+        images=images.astype(np.float32), masks=np.stack([p.distance == 0 for p in preps]),
+        maps=patch.reshape(*patch.shape[:3], g, g).numpy(), points=np.stack([xs, ys], -1), hits=hits,
+        preds=pred.tolist(), confidence=conf.tolist(), skipped=skipped, excluded=excluded,
+    )
+
+
 def _any_tie_hits(
     attn: np.ndarray, grid: int, patch_size: int, prep: PreparedImage, frame: str, tol: float
 ) -> tuple[bool, bool]:
@@ -301,10 +377,7 @@ def score_model(
         if not prepared:
             continue
         x = torch.stack([p.tensor for p in prepared]).to(device)
-        with model.capture("attn.cls_pattern", dtype=torch.float32) as cache:
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                model.forward_features(x, steps=options.steps)
-        rows = torch.stack([cache["attn.cls_pattern", layer] for layer in cache.layers("attn.cls_pattern")])
+        rows = cls_attention(model, x, options.steps, amp)[0].transpose(0, 1)  # (L, B, H, N)
         prefix_mass = rows[..., :npt].sum(-1)  # (L, B, H): CLS, distillation token and registers
         dist_mass = rows[..., dist] if dist is not None else torch.full_like(prefix_mass, float("nan"))
         patch_attn = rows[..., npt:]  # the argmax never lands on a prefix token

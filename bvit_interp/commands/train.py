@@ -69,7 +69,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="weight of the dense relative-localisation loss (Liu et al. 2021); 0 disables")
     p.add_argument("--teacher", metavar="PATH|timm:ARCH",
                    help="distil from this checkpoint, or train the timm CNN ARCH on the same shapes data first")
-    p.add_argument("--distill", choices=("soft", "hard"), default="soft", help="distillation target")
+    p.add_argument("--distill", choices=("soft", "hard"),
+                   help="distillation target (default: hard for -dist models, as App. C; soft otherwise)")
     p.add_argument("--distill-alpha", type=nonneg_float, default=0.5, help="weight of the distillation term")
     p.add_argument("--distill-tau", type=positive_float, default=2.0, help="soft-distillation temperature")
     p.add_argument("--num-classes", type=positive_int, help="override the model's number of classes")

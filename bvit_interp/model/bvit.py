@@ -136,6 +136,9 @@ class BViT(VisionTransformer):
         """timm's head on CLS; a -dist model reads CLS and the distillation token like timm's DeiT."""
         if self.head_dist is None:
             return super().forward_head(x, pre_logits)
+        if x.shape[1] <= DIST_TOKEN_INDEX:
+            raise ValueError(f"model {self.config.name!r} reads CLS and the distillation token (tokens 0 and 1); "
+                             f"got {x.shape[1]} token(s)")
         cls, dist = self.head_drop(x[:, 0]), self.head_drop(x[:, DIST_TOKEN_INDEX])
         if pre_logits:
             return (cls + dist) / 2
@@ -231,16 +234,25 @@ class BViT(VisionTransformer):
         return self._add_time(h, t), z
 
     def _sc_step(self, h: torch.Tensor, m: torch.Tensor, t: int, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """bViT-sc step t: h <- f(h + m) + tau_t; after every ``memory_every``-th step m <- g(h + m) (docs/variants.md)."""
+        """bViT-sc step t: h <- f(h + m) + tau_t; after every ``memory_every``-th step m <- g(h + m) (docs/variants.md).
+
+        ``memory_grad="truncated"``: m <- g(sg(h + m)), so gradients from the memory's reads reach g
+        but stop at its input instead of flowing back through the memory into earlier steps.
+        """
         cfg = self.config
         if self.hooks:
             m = HookContext(self.hooks, t, 0, self.num_blocks)("memory", m)
         u = h + m
         out = self._apply_block(self.blocks[0], u, t, 0)
         if (t + 1) % cfg.memory_every == 0 and t + 1 < n_steps:
-            # A shared memory block applied to the same input is the main block's output: no extra compute.
-            new = out if self.memory_blocks is None else self._apply_block(self.memory_blocks[0], u, t, 0, "memory.")
-            m = new.detach() if cfg.memory_grad == "truncated" else new
+            truncated = cfg.memory_grad == "truncated"
+            if self.memory_blocks is not None:
+                m = self._apply_block(self.memory_blocks[0], u.detach() if truncated else u, t, 0, "memory.")
+            elif truncated and torch.is_grad_enabled():
+                # Same values as ``out``; a second graph whose gradient stops at the memory's input.
+                m = self.blocks[0](u.detach())
+            else:
+                m = out  # a shared memory block on the same input is the step's output: no extra compute
         return self._add_time(out, t), m
 
     def _run_layers(self, h: torch.Tensor, n_layers: int) -> Iterator[torch.Tensor]:
