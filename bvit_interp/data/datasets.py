@@ -60,7 +60,8 @@ def clutter_config(config: ShapesConfig, level: float) -> ShapesConfig:
     """The same dataset with background clutter scaled by ``level`` in [0, 1] (1 = ``config`` itself).
 
     Level 0 keeps the objects (classes, sizes, colours, contrast) but drops distractors,
-    object textures and most background texture: the easy end of a curriculum.
+    object textures and most background texture, and (for configs whose objects may sit
+    anywhere, shapes v2) places them at the centre: the easy end of a curriculum.
     """
     level = min(1.0, max(0.0, level))
     if level == 1.0:
@@ -79,6 +80,7 @@ def clutter_config(config: ShapesConfig, level: float) -> ShapesConfig:
         texture_prob=config.texture_prob * level,
         background_amplitude=scale(config.background_amplitude),
         fine_noise_range=scale(config.fine_noise_range),
+        position_spread=config.position_spread * level if config.version >= 2 else config.position_spread,
     )
 
 
