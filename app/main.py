@@ -1,9 +1,11 @@
 """bvit-interp results browser: ``streamlit run app/main.py -- --runs DIR`` (default ``runs/``).
 
-One page per analysis plus an overview; every page reads run directories written by the
-``bvit-interp`` commands and never recomputes an analysis (the pointing page runs the model
-on single images on demand). Options after ``--``: ``--runs DIR``, ``--models DIR``,
-``--data DIR`` (an image root the browser may read), ``--debug``.
+One page per registered analysis (``bvit_interp.registry``) plus an overview: ``views/<key>.py``,
+or ``views/generic.py`` (the run's status, figures and tables) for an analysis without its own
+view. Every page reads run directories written by the ``bvit-interp`` commands and never
+recomputes an analysis (the pointing page runs the model on single images on demand).
+Options after ``--``: ``--runs DIR``, ``--models DIR``, ``--data DIR`` (an image root the
+browser may read), ``--debug``.
 """
 
 from __future__ import annotations
@@ -18,12 +20,19 @@ if str(APP_DIR) not in sys.path:  # `streamlit run` adds it; AppTest and other r
 import matplotlib  # noqa: E402
 import streamlit as st  # noqa: E402
 from lib.config import get_config  # noqa: E402
+from lib.ui import PAGE_KEY  # noqa: E402
 
-from bvit_interp.app_support import ANALYSES  # noqa: E402
+from bvit_interp.registry import analyses  # noqa: E402
 
 matplotlib.use("Agg")  # figures are rendered to images by the server, never shown in a window
 
 LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+
+
+def view_of(key: str) -> Path:
+    """The page file of an analysis: its own view, or the generic one."""
+    own = APP_DIR / "views" / f"{key}.py"
+    return own if own.is_file() else APP_DIR / "views" / "generic.py"
 
 
 def main() -> None:
@@ -33,10 +42,11 @@ def main() -> None:
     pages = {
         "Results": [st.Page(APP_DIR / "views" / "overview.py", title="Overview", icon=":material/home:",
                             default=True)],
-        "Analyses": [st.Page(APP_DIR / "views" / f"{spec.key}.py", title=spec.title, icon=spec.icon, url_path=spec.key)
-                     for spec in ANALYSES],
+        "Analyses": [st.Page(view_of(spec.key), title=spec.title, icon=spec.icon, url_path=spec.key)
+                     for spec in analyses()],
     }
     nav = st.navigation(pages)
+    st.session_state[PAGE_KEY] = nav.url_path
     st.sidebar.caption(f"Runs root: `{cfg.runs}`")
     address = st.get_option("server.address")
     if address and address not in LOCAL_ADDRESSES:

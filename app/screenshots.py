@@ -28,10 +28,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 if str(APP_DIR.parent) not in sys.path:
     sys.path.insert(0, str(APP_DIR.parent))
 
-from bvit_interp.app_support import ANALYSES  # noqa: E402
+from bvit_interp.registry import analyses  # noqa: E402
 
 # (name, url path, page heading); the overview is the default page, served at the root URL
-PAGES: list[tuple[str, str, str]] = [("overview", "", "bvit-interp results")] + [(a.key, a.key, a.title) for a in ANALYSES]
+PAGES: list[tuple[str, str, str]] = [("overview", "", "bvit-interp results")] + [(a.key, a.key, a.title) for a in analyses()]
 
 
 def free_port() -> int:

@@ -27,8 +27,9 @@ from bvit_interp.analysis.ablation import AblationOptions, ablate
 from bvit_interp.analysis.early_exit import EarlyExitOptions, early_exit
 from bvit_interp.analysis.lens import lens
 from bvit_interp.analysis.trajectories import trajectories
-from bvit_interp.commands.common import data_loader, resolve_device
+from bvit_interp.data.loaders import data_loader
 from bvit_interp.defaults import resolve_model
+from bvit_interp.distributed import resolve_device
 from bvit_interp.model import BViT
 
 

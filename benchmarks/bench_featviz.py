@@ -24,8 +24,8 @@ import torch
 from bvit_interp import build_model
 from bvit_interp.analysis.featviz import FeatvizOptions, TransformOptions, visualize
 from bvit_interp.benchmarks import spread_targets
-from bvit_interp.commands.common import resolve_device
 from bvit_interp.defaults import DEFAULT_MODEL, resolve_model
+from bvit_interp.distributed import resolve_device
 from bvit_interp.model import BViT
 
 

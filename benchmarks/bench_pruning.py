@@ -17,9 +17,10 @@ import time
 import pandas as pd
 import torch
 
-from bvit_interp.commands.common import resolve_device
-from bvit_interp.pruning.rtl import PRESETS, RTLPruner, preset_config
-from bvit_interp.results import Run
+from bvit_interp.distributed import resolve_device
+from bvit_interp.pruning.rtl import PRESETS, preset_config
+from bvit_interp.runs import Run
+from bvit_interp.runs.pruning import PruningRun
 
 COLUMNS = {"time_train_s": "full training", "time_grafts_s": "grafts", "time_prune_s": "pruning",
            "time_eval_s": "evaluation", "time_control_s": "random control", "time_checkpoint_s": "checkpoint"}
@@ -42,7 +43,7 @@ def main() -> None:
     full_rounds = PRESETS[args.preset]["rounds"]
     with tempfile.TemporaryDirectory() as tmp:
         start, cpu_start = time.perf_counter(), time.process_time()
-        pruner = RTLPruner(cfg, Run.create(tmp, {"analysis": "prune"}), resolve_device(args.device))
+        pruner = PruningRun(cfg, Run.create(tmp, {"analysis": "pruning"}), resolve_device(args.device))
         setup_s = time.perf_counter() - start
         history = pruner.run_all()
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bvit_interp import build_model
 from bvit_interp.analysis.rank import default_ranks, truncation_sweep
-from bvit_interp.commands.common import data_loader, resolve_device
-from bvit_interp.commands.svd import materialize
+from bvit_interp.data.loaders import data_loader, materialize
 from bvit_interp.defaults import resolve_model
+from bvit_interp.distributed import resolve_device
 from bvit_interp.model import BViT
 
 

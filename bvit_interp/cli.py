@@ -1,7 +1,8 @@
 """``bvit-interp`` command line: thin argument parsing over the library's functions.
 
-Each subcommand lives in ``bvit_interp.commands.<name>`` and contributes ``add_parser`` and
-``run``; this module only wires them together.
+The analyses' subcommands come from the registry (``bvit_interp.registry``: one ``AnalysisSpec``
+each, its command module imported here); the tools that are not analyses are listed in ``TOOLS``.
+Every command module contributes ``add_parser`` and ``run``; this module only wires them together.
 """
 
 from __future__ import annotations
@@ -10,22 +11,16 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from .commands.common import HelpFormatter
 from .data.imagenet_s import SampleError
+from .registry import analyses
 
-# (subcommand, module under bvit_interp.commands, one-line help)
-COMMANDS: list[tuple[str, str, str]] = [
-    ("pointing-game", "pointing", "score every head at every step on ImageNet-S-style masks (paper Sec. 4.2.2)"),
-    ("featviz", "featviz", "feature visualization of FFN neurons per step, dataset exemplars (Sec. 4.2.1)"),
-    ("svd", "svd", "energy ranks per matrix and per step, truncated-SVD accuracy sweeps (App. A.2)"),
-    ("prune", "prune", "step-masked RTL pruning of the shared block (Sec. 4.2.3, App. G)"),
-    ("trajectories", "trajectories", "PaCMAP trajectories of the CLS state across steps (App. E.2)"),
-    ("lens", "lens", "per-step readout accuracy, also beyond the trained horizon (App. B, Fig. 8)"),
-    ("early-exit", "early_exit", "early-exit classifiers on chosen steps and a threshold sweep (App. B)"),
-    ("ablate", "ablate", "step x head ablation map (zero / mean ablation, whole-step skips)"),
+# Commands that are not analyses: (subcommand, module under bvit_interp.commands, one-line help)
+TOOLS: list[tuple[str, str, str]] = [
     ("train", "train", "train a bViT / ViT with the paper's recipe (single process or torchrun)"),
-    ("demo", "demo", "run every analysis on the bundled models into one directory"),
+    ("demo", "demo", "run every analysis on the bundled models into one directory, cheapest first"),
     ("data", "data", "dataset utilities: export the procedural shapes set (ImageNet-S / ImageFolder layout)"),
     ("bench", "bench", "benchmarks: hook overhead, pointing-game throughput, training speed"),
 ]
@@ -36,6 +31,24 @@ COMMANDS: list[tuple[str, str, str]] = [
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError, KeyError, SampleError)
 
 
+def _import(module: str) -> ModuleType | None:
+    """The command module, or None when it is not installed (a missing optional part is skipped)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        return None
+
+
+def _add(sub: argparse._SubParsersAction, name: str, module: ModuleType, help_text: str | None, **defaults: str) -> None:
+    """One subcommand; without ``help_text`` it is left out of ``--help`` (a deprecated alias)."""
+    kwargs = {"help": help_text} if help_text else {}
+    p = sub.add_parser(name, description=help_text, formatter_class=HelpFormatter, **kwargs)
+    module.add_parser(p)
+    p.set_defaults(_run=module.run, **defaults)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bvit-interp",
@@ -43,17 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module, help_text in COMMANDS:
-        try:
-            mod = importlib.import_module(f"bvit_interp.commands.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"bvit_interp.commands.{module}":
-                raise
+    for spec in analyses():
+        mod = _import(spec.module)
+        if mod is None:
             continue
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=HelpFormatter)
-        mod.add_parser(p)
-        p.set_defaults(_run=mod.run)
+        _add(sub, spec.command, mod, spec.help)
+        for alias in spec.aliases:
+            if alias != spec.command:
+                _add(sub, alias, mod, None, _deprecated=spec.command)
+    for name, module, help_text in TOOLS:
+        mod = _import(f"bvit_interp.commands.{module}")
+        if mod is not None:
+            _add(sub, name, mod, help_text)
     return parser
 
 
@@ -69,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    if getattr(args, "_deprecated", None):
+        print(f"bvit-interp {args.command}: deprecated name, use `bvit-interp {args._deprecated}`", file=sys.stderr)
     import matplotlib
 
     matplotlib.use("Agg")  # commands only write figures; the library's plot modules leave the backend alone

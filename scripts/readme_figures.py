@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bvit_interp.cli import main as cli_main  # noqa: E402
-from bvit_interp.results import Run  # noqa: E402
+from bvit_interp.runs import Run  # noqa: E402
 
 # (run subdirectory, file in the run, name in docs/figures)
 FIGURES = [
@@ -30,11 +30,11 @@ FIGURES = [
     ("pointing", "overlay_bvit_tiny.png", "pointing_overlay_bvit_tiny.png"),
     ("pointing", "heatmap_bvit_tiny.png", "pointing_heatmap_bvit_tiny.png"),
     ("pointing", "heatmap_bvit_tiny_reg.png", "pointing_heatmap_bvit_tiny_reg.png"),
-    ("svd", "fig6_rank.png", "svd_fig6_rank.png"),
-    ("svd", "fig7_truncation.png", "svd_fig7_truncation.png"),
+    ("rank", "fig6_rank.png", "svd_fig6_rank.png"),
+    ("rank", "fig7_truncation.png", "svd_fig7_truncation.png"),
     ("lens", "lens.png", "lens_fig8.png"),
-    ("ablate", "ablation_bvit_tiny.png", "ablation_bvit_tiny.png"),
-    ("ablate", "ablation_vit_tiny.png", "ablation_vit_tiny.png"),
+    ("ablation", "ablation_bvit_tiny.png", "ablation_bvit_tiny.png"),
+    ("ablation", "ablation_vit_tiny.png", "ablation_vit_tiny.png"),
     ("trajectories", "classes_bvit_tiny.png", "trajectories_classes_bvit_tiny.png"),
     ("trajectories", "centroids_bvit_tiny.png", "trajectories_centroids_bvit_tiny.png"),
     ("trajectories", "centroids_vit_tiny.png", "trajectories_centroids_vit_tiny.png"),
@@ -42,8 +42,8 @@ FIGURES = [
     ("featviz", "grid.png", "featviz_grid.png"),
     ("featviz", "exemplar_grid.png", "featviz_exemplars.png"),
     ("featviz", "complexity.png", "featviz_complexity.png"),
-    ("prune", "fig14_pruning.png", "prune_fig14.png"),
-    ("prune", "fig5_utilization.png", "prune_fig5_utilization.png"),
+    ("pruning", "fig14_pruning.png", "prune_fig14.png"),
+    ("pruning", "fig5_utilization.png", "prune_fig5_utilization.png"),
 ]
 
 
@@ -102,11 +102,11 @@ def ablation_table(run: Run) -> pd.DataFrame:
 TABLES: list[tuple[str, str, Callable[[Run], pd.DataFrame]]] = [
     ("pointing", "Pointing game: best-head and mean-over-heads hit rate per step", pointing_table),
     ("featviz", "Feature visualization: activation ratio and image complexity per step", featviz_table),
-    ("svd", "Zero-shot truncated SVD of fc1, fc2: accuracy per rank", svd_table),
-    ("prune", "Step-masked pruning per round (all layer types)", prune_table),
+    ("rank", "Zero-shot truncated SVD of fc1, fc2: accuracy per rank", svd_table),
+    ("pruning", "Step-masked pruning per round (all layer types)", prune_table),
     ("lens", "Readout accuracy after each step", lens_table),
     ("early_exit", "Early-exit threshold sweep", early_exit_table),
-    ("ablate", "Head ablation: accuracy drop at steps 1-3 vs later", ablation_table),
+    ("ablation", "Head ablation: accuracy drop at steps 1-3 vs later", ablation_table),
 ]
 
 

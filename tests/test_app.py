@@ -8,6 +8,7 @@ columns), so the pages are checked against the run format without running the sl
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from bvit_interp import build_model, save_model  # noqa: E402
-from bvit_interp.app_support import (  # noqa: E402
-    ANALYSES,
+from bvit_interp.registry import analyses, find_analysis  # noqa: E402
+from bvit_interp.results import RESULTS_FORMAT, Run  # noqa: E402
+
+APP = Path(__file__).resolve().parents[1] / "app" / "main.py"
+if str(APP.parent) not in sys.path:  # the app's own modules (app/lib), as `streamlit run` sees them
+    sys.path.insert(0, str(APP.parent))
+from lib.runs import (  # noqa: E402
     check_meta,
+    data_label,
     figures_for,
     find_checkpoint,
     find_runs,
@@ -31,11 +38,9 @@ from bvit_interp.app_support import (  # noqa: E402
     open_data,
     step_head_filter,
 )
-from bvit_interp.results import RESULTS_FORMAT, Run  # noqa: E402
 
-APP = Path(__file__).resolve().parents[1] / "app" / "main.py"
 STEPS, HEADS = 2, 4
-TITLES = {a.key: a.title for a in ANALYSES}
+TITLES = {a.key: a.title for a in analyses()}
 
 
 @dataclass
@@ -67,7 +72,7 @@ def make_minimal_runs(root: Path) -> None:
     rng = np.random.default_rng(0)
     steps, heads = np.arange(1, STEPS + 1), np.arange(HEADS)
 
-    run = _run(root, "svd", "svd")
+    run = _run(root, "rank", "svd")  # an old run: meta value "svd", now an alias of rank, opens on the rank page
     run.write_table("weight_ranks", pd.DataFrame(
         [{"model": "bvit_t", "block": 0, "matrix": m, "head": pd.NA, "rows": 128, "cols": 128, "full_rank": 128,
           "energy_rank": 100 + i, "stable_rank": 10.0, "entropy_rank": 90.0} for i, m in enumerate(("q", "k", "v", "fc1"))]
@@ -82,7 +87,7 @@ def make_minimal_runs(root: Path) -> None:
     run.write_figure("fig6_rank", _figure("fig6"))
     run.complete()
 
-    run = _run(root, "ablate", "ablate")
+    run = _run(root, "ablation", "ablation")
     run.write_table("head_ablation", pd.DataFrame(
         [{"model": "bvit_t", "step": int(s), "head": int(h), "mode": mode, "accuracy": 0.3 - 0.01 * h * s,
           "drop": 0.01 * h * s, "ce": 2.0, "ce_increase": 0.02 * h, "images": 16}
@@ -128,7 +133,7 @@ def make_minimal_runs(root: Path) -> None:
     run.write_figure("classes_bvit_t", _figure("classes"))
     run.complete()
 
-    run = _run(root, "prune", "prune")
+    run = _run(root, "pruning", "pruning")
     rounds = [0, 1]
     run.write_table("summary", pd.DataFrame(
         [{"round": r, "layer_type": k, "n_weights": 100, "mask_sparsity": 0.5 * r, "weight_sparsity": 0.4 * r,
@@ -178,7 +183,7 @@ def build_roots(base: Path) -> Roots:
     (models / "MODEL_CARD.md").write_text("# Test models\n\nbvit_t: a 2-step bvit_tiny with random weights.\n\n"
                                           "![learning curves](figures/curves.png)\n![outside](../elsewhere/outside.png)\n")
     runs = base / "runs"
-    assert cli(["pointing-game", "--model", str(models / "bvit_t"), "--limit", "16", "--batch-size", "16",
+    assert cli(["pointing", "--model", str(models / "bvit_t"), "--limit", "16", "--batch-size", "16",
                 "--overlays", "2", "--out", str(runs / "pointing")]) == 0
     make_minimal_runs(runs)
     (runs / "train" / "bvit_t").mkdir(parents=True)  # a folder without meta.json is not a run
@@ -228,7 +233,8 @@ def assert_clean(at: AppTest) -> None:
 
 def test_find_runs_and_problems(roots: Roots) -> None:
     runs = {r.name: r for r in find_runs(roots.runs)}
-    assert set(runs) == {"pointing", "svd", "ablate", "lens", "early_exit", "trajectories", "prune", "featviz"}
+    assert set(runs) == {"pointing", "rank", "ablation", "lens", "early_exit", "trajectories", "pruning", "featviz"}
+    assert {name: r.spec.key for name, r in runs.items()} == {name: name for name in runs}  # "svd" -> rank
     assert all(r.readable and r.complete and not r.problems for r in runs.values())
     assert {"hit_rates", "summary", "points"} <= set(runs["pointing"].tables)
     assert "parts" not in " ".join(runs["pointing"].tables)
@@ -255,8 +261,13 @@ def test_meta_checks_and_paths(roots: Roots, tmp_path: Path) -> None:
     assert stem == roots.models / "bvit_t"
     stem, message = find_checkpoint(entry, [roots.runs, tmp_path], tmp_path)
     assert stem is None and "outside" in message
-    source = open_data("shapes:val (img_size=32, seed=0)", [])
+    source = open_data("shapes:val (img_size=32, seed=0)", [])  # an old run's display string
     assert len(source) > 0 and source.load(0).mask.shape == (32, 32)
+    meta_data = {r.name: r for r in find_runs(roots.runs)}["pointing"].meta["data"]  # structured: a dict
+    assert meta_data["kind"] == "shapes" and data_label(meta_data) == "shapes:val (img_size=32, seed=0)"
+    assert open_data(meta_data, []).load(1500).name == source.load(1500).name == "shape_001500"
+    assert find_analysis("svd").key == "rank" and find_analysis("prune").key == "pruning"
+    assert find_analysis("ablate").key == "ablation" and find_analysis("pointing-game").key == "pointing"
     with pytest.raises(ValueError, match="outside"):
         open_data("imagenet-s:/somewhere/else (validation)", [roots.runs])
     assert figures_for(["curves", "heatmap_a", "heatmap_b_a"], ["a", "b_a"], "b_a") == ["curves", "heatmap_b_a"]
@@ -274,12 +285,12 @@ def test_every_page_renders(roots: Roots, monkeypatch: pytest.MonkeyPatch) -> No
     assert texts(at.title) == ["bvit-interp results"]
     assert not at.warning, texts(at.warning)
     frames = [e.value for e in at.dataframe]
-    assert any("run" in f.columns and set(f["run"]) >= {"pointing", "svd"} for f in frames)
+    assert any("run" in f.columns and set(f["run"]) >= {"pointing", "rank"} for f in frames)
     card = next(f for f in frames if "model" in f.columns and "bvit_t" in set(f["model"]))
     assert card["training.val_acc"].tolist() == [0.125] and card["parameters"].iloc[0] > 0
     assert len(at.get("image")) == 1, "the model card's figure inside the models directory, not the one outside"
     assert any("Every analysis has a complete run" in s for s in texts(at.success))
-    for spec in ANALYSES:
+    for spec in analyses():
         at.switch_page(f"views/{spec.key}.py").run()
         assert_clean(at)
         assert texts(at.title) == [spec.title]
@@ -308,7 +319,7 @@ def test_step_and_head_change_what_is_shown(roots: Roots, monkeypatch: pytest.Mo
     shown = [e.value for e in at.dataframe if {"step", "head"} <= set(e.value.columns)]
     assert shown and all(((df["step"] == 2) & (df["head"] == 3)).all() for df in shown)
     # the choice is shared: the ablation page opens at the same step and head
-    at.switch_page("views/ablate.py").run()
+    at.switch_page("views/ablation.py").run()
     assert_clean(at)
     assert at.sidebar.select_slider(key="_w_step").value == 2
     assert any(m.label == "Accuracy drop, step 2 head 3" for m in at.metric)
@@ -343,8 +354,8 @@ def test_empty_and_missing_roots(roots: Roots, monkeypatch: pytest.MonkeyPatch, 
     at = open_app(monkeypatch, runs, roots.models)
     assert_clean(at)
     assert any(phrase in t for t in texts(at.info)), texts(at.info)
-    assert any("bvit-interp pointing-game" in c for c in texts(at.code))
-    for spec in ANALYSES:
+    assert any("bvit-interp pointing --out" in c for c in texts(at.code))
+    for spec in analyses():
         at.switch_page(f"views/{spec.key}.py").run()
         assert_clean(at)
         assert any(phrase in t for t in texts(at.info)), (spec.key, texts(at.info))

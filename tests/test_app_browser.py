@@ -38,17 +38,17 @@ def _screenshots_module():
 
 shots = _screenshots_module()
 
-# page -> (at least this many images, at least this many Vega charts)
+# page -> (at least this many images, at least this many Vega charts), in the app's order (the registry's)
 EXPECTED = {
     "overview": (0, 0),
-    "pointing": (8 + 2 + 4 + 3, 3),  # sample maps, any image (2 steps + 4 heads), 3 figures; heatmap, curves, per class
-    "featviz": (4, 2),
     "rank": (1, 3),
-    "prune": (1, 3),
-    "trajectories": (1, 3),
     "lens": (1, 1),
+    "pointing": (8 + 2 + 4 + 3, 3),  # sample maps, any image (2 steps + 4 heads), 3 figures; heatmap, curves, per class
+    "ablation": (1, 2),
+    "trajectories": (1, 3),
     "early_exit": (1, 3),
-    "ablate": (1, 2),
+    "featviz": (4, 2),
+    "pruning": (1, 3),
 }
 
 

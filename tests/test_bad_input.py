@@ -304,7 +304,7 @@ def test_pointing_limit_is_a_seeded_subset_stratified_by_class(ckpt: Path, ims: 
 
 
 def test_stratified_indices() -> None:
-    from bvit_interp.commands.common import stratified_indices
+    from bvit_interp.data.loaders import stratified_indices
 
     labels = ["a"] * 50 + ["b"] * 30 + ["c"] * 20
     chosen = stratified_indices(labels, 10, seed=0)

@@ -267,7 +267,7 @@ def test_imagenet_s_folders_get_imagenet_1k_labels_without_a_train_split(tmp_pat
     """Analyses read an ImageNet-S-style root with only validation/; a 1000-class model sees ImageNet-1k indices."""
     from timm.data import ImageNetInfo
 
-    from bvit_interp.commands.common import data_loader
+    from bvit_interp.data.loaders import data_loader
     from bvit_interp.model import get_config
 
     info = ImageNetInfo()

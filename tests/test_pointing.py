@@ -328,7 +328,7 @@ def test_within_tolerance_is_torchrays_strict_disk(fixture_root) -> None:
 
 def test_tolerance_boundary_in_scorer_baselines_tie_rule_and_app() -> None:
     """A point exactly ``tolerance`` px from the mask misses (TorchRay), in points, chance, centre, tie 'any' and the app."""
-    from bvit_interp.app_support import attention_maps
+    from bvit_interp.analysis.pointing import attention_maps
 
     mask = np.zeros((16, 16), np.int32)
     mask[6:10, 6:10] = 1
@@ -339,7 +339,7 @@ def test_tolerance_boundary_in_scorer_baselines_tie_rule_and_app() -> None:
     for tol in (1, 2):
         with model.patch(edits):
             pts, images, _ = score_model(model, source, PointingOptions(tolerance=tol), progress=False)
-            att = attention_maps(model, source, [0], tolerance=tol)
+            att = attention_maps(model, source, [0], PointingOptions(tolerance=tol))
         expected = torchray_hit(target, (10, 6), tol)
         assert expected == (tol == 2)
         assert (pts["hit"] == expected).all() and (att.hits == expected).all()

@@ -26,8 +26,9 @@ from bvit_interp.pruning import (
     step_masked,
 )
 from bvit_interp.pruning.masked import masks_path
-from bvit_interp.pruning.rtl import PruneConfig, RTLPruner, fit
-from bvit_interp.results import Run
+from bvit_interp.pruning.rtl import PruneConfig, fit
+from bvit_interp.runs import Run
+from bvit_interp.runs.pruning import PruningRun
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -271,20 +272,20 @@ TINY = dict(model="bvit_micro", rounds=3, rate=0.2, epochs=1.0, graft_epochs=0.5
             shapes_train_size=32, val_limit=16, train_eval_limit=16, random_control=False, seed=3)
 
 
-def run_pruning(path, progress=None, **overrides) -> RTLPruner:
+def run_pruning(path, progress=None, **overrides) -> PruningRun:
     cfg = PruneConfig(**{**TINY, **overrides})
-    run = Run.create(path, {"analysis": "prune", "options": cfg.to_dict()})
-    pruner = RTLPruner(cfg, run, "cpu", progress=progress)
-    pruner.run_all()
+    with Run.create(path, {"analysis": "prune", "options": cfg.to_dict()}) as run:  # released if interrupted
+        pruner = PruningRun(cfg, run, "cpu", progress=progress)
+        pruner.run_all()
     return pruner
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> RTLPruner:
+def finished(tmp_path_factory) -> PruningRun:
     return run_pruning(tmp_path_factory.mktemp("prune") / "run")
 
 
-def test_rounds_nested_with_geometric_sparsity(finished: RTLPruner) -> None:
+def test_rounds_nested_with_geometric_sparsity(finished: PruningRun) -> None:
     rounds = [finished.masks_of(r) for r in range(4)]
     for r, masks in enumerate(rounds):
         assert masks.round == r
@@ -301,7 +302,7 @@ def test_rounds_nested_with_geometric_sparsity(finished: RTLPruner) -> None:
     assert attached_masks(model).equal(rounds[3])
 
 
-def test_resume_after_interrupted_round_matches_uninterrupted(finished: RTLPruner, tmp_path) -> None:
+def test_resume_after_interrupted_round_matches_uninterrupted(finished: PruningRun, tmp_path) -> None:
     class Interrupt(Exception):
         pass
 
@@ -345,7 +346,8 @@ def test_readme_paper_prune_example_runs_on_the_g1_model(tmp_path) -> None:
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     line = next(ln for ln in readme.splitlines()
-                if ln.startswith("bvit-interp prune --preset paper") and "--data shapes" in ln)
+                if ln.startswith(("bvit-interp pruning --preset paper", "bvit-interp prune --preset paper"))
+                and "--data shapes" in ln)
     argv = shlex.split(line.split("#")[0])[1:]
     out = tmp_path / "g1"
     tiny = ["--rounds", "0", "--epochs", "0.25", "--batch-size", "16", "--shapes-train-size", "64", "--val-limit", "8",

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from bvit_interp.app_support import AttentionMaps
+from bvit_interp.analysis.pointing import AttentionMaps
 
 CELL = "cell"  # name of the click selection of step x head heatmaps
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from bvit_interp.app_support import (
-    AttentionMaps,
+from bvit_interp.analysis.pointing import AttentionMaps, PointingOptions, attention_maps
+
+from .config import AppConfig
+from .runs import (
     RunInfo,
-    attention_maps,
     file_key,
     find_checkpoint,
     find_runs,
@@ -21,8 +23,6 @@ from bvit_interp.app_support import (
     open_data,
     read_table,
 )
-
-from .config import AppConfig
 
 
 class OutsideRootError(PermissionError):
@@ -93,14 +93,20 @@ def model_for(run: RunInfo, name: str | None, cfg: AppConfig) -> tuple[Any | Non
     return _model(*key), key, message
 
 
+def data_key(run: RunInfo) -> str:
+    """The run's ``meta["data"]`` as a string (the cache key of its images)."""
+    return json.dumps(run.meta.get("data"), sort_keys=True)
+
+
 @st.cache_resource(max_entries=4, show_spinner=False)
-def source_for(description: str, roots: tuple[Path, ...]) -> Any:
-    """The image source of a pointing run (ValueError when it cannot be read here)."""
-    return open_data(description, roots)
+def source_for(data: str, roots: tuple[Path, ...]) -> Any:
+    """The images of a run (``data_key``) reopened through the data layer (ValueError when not readable here)."""
+    return open_data(json.loads(data), roots)
 
 
 @st.cache_data(max_entries=64, show_spinner="Running the model ...")
-def attention(stem_key: tuple[str, float], description: str, roots: tuple[Path, ...], indices: tuple[int, ...],
+def attention(stem_key: tuple[str, float], data: str, roots: tuple[Path, ...], indices: tuple[int, ...],
               tolerance: float, point: str, steps: int | None, _model: Any, ignore: str = "miss") -> AttentionMaps:
-    """CLS attention of the model (identified by ``stem_key``) on dataset images, cached per image set."""
-    return attention_maps(_model, source_for(description, roots), list(indices), tolerance, point, steps, ignore)
+    """CLS attention of the model (identified by ``stem_key``) on a run's images, cached per image set."""
+    options = PointingOptions(tolerance=tolerance, point=point, steps=steps, ignore=ignore)
+    return attention_maps(_model, source_for(data, roots), list(indices), options)

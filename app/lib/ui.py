@@ -11,20 +11,20 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from bvit_interp.app_support import (
-    ANALYSIS_BY_KEY,
-    AnalysisSpec,
+from bvit_interp.registry import AnalysisSpec, get_analysis
+
+from . import data
+from .config import AppConfig, get_config
+from .runs import (
     RunInfo,
     UnreadableTableError,
+    data_label,
     figures_for,
     int_values,
     runs_for,
     step_head_filter,
     to_csv_bytes,
 )
-
-from . import data
-from .config import AppConfig, get_config
 
 MAX_ROWS_SHOWN = 2000
 
@@ -65,13 +65,19 @@ def guard(what: str) -> Iterator[None]:
 
 
 def command_for(spec: AnalysisSpec, cfg: AppConfig) -> str:
-    """The spec's command with ``--out`` under this browser's runs root."""
+    """The command that makes a run of ``spec`` under this browser's runs root (``--out ROOT/<key>``)."""
     try:
         rel = cfg.runs.relative_to(Path.cwd().resolve())
         root = rel.as_posix() if rel.parts else "."
     except ValueError:
         root = str(cfg.runs)
-    return spec.command.replace("--out runs/", f"--out {root}/")
+    return " ".join(["bvit-interp", spec.command, *spec.example, "--out", f"{root}/{spec.key}"])
+
+
+def about(spec: AnalysisSpec) -> str:
+    """The page caption: the analysis' one-line description and paper reference."""
+    text = spec.description[:1].upper() + spec.description[1:]
+    return f"{text} ({spec.paper})" if spec.paper else text
 
 
 def show_problems(run: RunInfo) -> None:
@@ -152,12 +158,20 @@ def apply_selection(event: Any, name: str, key: str) -> None:
 # --------------------------------------------------------------------------- the page skeleton
 
 
+PAGE_KEY = "_analysis_page"  # session state: the analysis key of the page being run (set by main.py)
+
+
+def current_page() -> str:
+    """The analysis key of the page being run (the generic view serves several analyses)."""
+    return str(st.session_state.get(PAGE_KEY, ""))
+
+
 def analysis_page(key: str) -> PageContext | None:
     """Title, run picker, problems and model picker of an analysis page; None when there is nothing to show."""
-    spec = ANALYSIS_BY_KEY[key]
+    spec = get_analysis(key)
     cfg = get_config()
     st.title(spec.title)
-    st.caption(spec.about)
+    st.caption(about(spec))
     with guard("the runs root"):
         if not cfg.runs.is_dir():
             st.info(f"The runs root `{cfg.runs}` does not exist yet. Make a {spec.title.lower()} run with the "
@@ -192,7 +206,7 @@ def _run_caption(run: RunInfo, model: str | None) -> None:
     if model:
         bits.append(f"model **{model}**")
     if meta.get("data"):
-        bits.append(f"data `{meta['data']}`")
+        bits.append(f"data `{data_label(meta['data'])}`")
     if meta.get("finished_at") or meta.get("created_at"):
         bits.append(str(meta.get("finished_at") or meta.get("created_at")))
     st.caption(" · ".join(bits))

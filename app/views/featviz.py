@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from lib import charts, data
+from lib.runs import int_values
 from lib.ui import (
     PageContext,
     analysis_page,
@@ -18,8 +19,6 @@ from lib.ui import (
     step_picker,
 )
 from PIL import Image
-
-from bvit_interp.app_support import int_values
 
 N_EXEMPLARS = 4
 IMAGE_PX = 96

@@ -8,9 +8,10 @@ import pandas as pd
 import streamlit as st
 from lib import data
 from lib.config import get_config
-from lib.ui import command_for, guard
+from lib.runs import data_label, markdown_parts, model_card, runs_for
+from lib.ui import about, command_for, guard
 
-from bvit_interp.app_support import ANALYSES, markdown_parts, model_card, runs_for
+from bvit_interp.registry import analyses
 
 cfg = get_config()
 st.title("bvit-interp results")
@@ -54,7 +55,7 @@ with guard("the runs"):
                 "status": r.status,
                 "format": r.meta.get("format"),
                 "models": ", ".join(r.model_names),
-                "data": str(r.meta.get("data", "")),
+                "data": data_label(r.meta.get("data")),
                 "tables": ", ".join(r.tables),
                 "figures": ", ".join(r.figures),
                 "finished": r.meta.get("finished_at", ""),
@@ -69,11 +70,11 @@ with guard("the runs"):
 st.header("Coverage")
 with guard("the coverage"):
     rows, todo = [], []
-    for spec in ANALYSES:
+    for spec in analyses():
         mine = runs_for(runs, spec)
         done = [r for r in mine if r.complete and r.readable]
         rows.append({"analysis": spec.title, "runs": len(mine), "complete": len(done),
-                     "about": spec.about, "command": command_for(spec, cfg)})
+                     "about": about(spec), "command": command_for(spec, cfg)})
         if not done:
             todo.append(command_for(spec, cfg))
     st.dataframe(pd.DataFrame(rows), hide_index=True)

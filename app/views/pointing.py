@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from lib import charts, data
+from lib.runs import int_values
 from lib.ui import (
     PageContext,
     analysis_page,
@@ -20,7 +21,7 @@ from lib.ui import (
     step_picker,
 )
 
-from bvit_interp.app_support import class_names, int_values
+from bvit_interp.data.sources import class_names
 
 N_SAMPLES = 8
 PANEL_PX = 160
@@ -90,7 +91,7 @@ def attention_section(ctx: PageContext, step: int, head: int) -> None:
     st.subheader(f"Attention maps at step {step}, head {head}")
     images = ctx.table("images") if ctx.has_table("images") else pd.DataFrame()
     sample = [int(i) for i in images["image_index"].head(N_SAMPLES)] if "image_index" in images else []
-    desc = str(ctx.run.meta.get("data", ""))
+    desc = data.data_key(ctx.run)
     try:
         source = data.source_for(desc, ctx.cfg.roots)
     except (ValueError, OSError) as err:
@@ -161,7 +162,7 @@ def stored_points(ctx: PageContext, source: Any, sample: list[int], step: int, h
     panels, titles = [], []
     for row in pts.itertuples():
         item = source.load(int(row.image_index))
-        image = np.asarray(item.image.convert("RGB"), dtype=np.float32) / 255
+        image = np.asarray(item.image.convert("RGB"), dtype=np.float32) / 255  # the original image: no normalisation
         panels.append(charts.panel(image, None, item.mask == item.class_id, (float(row.x), float(row.y)),
                                    bool(row.hit)))
         titles.append(f"{item.name}: {verdict(bool(row.hit), bool(getattr(row, 'excluded', False)))}")
@@ -176,7 +177,7 @@ def per_class(ctx: PageContext, step: int, head: int) -> None:
     pc = ctx.table("per_class")
     pc = pc[(pc["step"] == step) & (pc["head"] == head)]
     try:
-        names = class_names(data.source_for(str(ctx.run.meta.get("data", "")), ctx.cfg.roots))
+        names = class_names(data.source_for(data.data_key(ctx.run), ctx.cfg.roots))
     except (ValueError, OSError):
         names = {}
     if len(pc):

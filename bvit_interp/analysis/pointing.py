@@ -549,3 +549,46 @@ def step_summary(hit_rates: pd.DataFrame, baselines: pd.DataFrame, average: str 
     base = baselines.rename(columns={f"chance_{average}": "chance", f"centre_{average}": "centre"})
     cols = [*keys, "chance", "centre"]
     return out.merge(base[cols], on=keys) if keys else out.assign(chance=base["chance"].iloc[0], centre=base["centre"].iloc[0])
+
+
+@dataclass
+class PointingTables:
+    """Every table of a pointing game over one or more models (a ``model`` column each)."""
+
+    points: pd.DataFrame
+    images: pd.DataFrame
+    skipped: pd.DataFrame
+    hit_rates: pd.DataFrame
+    per_class: pd.DataFrame
+    baselines: pd.DataFrame
+    summary: pd.DataFrame
+    average: str = "micro"
+
+
+def pointing_tables(
+    points: pd.DataFrame, images: pd.DataFrame, skipped: pd.DataFrame, options: PointingOptions, seed: int = 0
+) -> PointingTables:
+    """The tables of scored points/images (with a ``model`` column): rates, baselines, per-step summary.
+
+    ``seed`` seeds the bootstrap over classes of the macro rates' intervals.
+    """
+    points = points.copy()
+    images = images.copy()
+    points["hit"] = points["hit"].astype(bool)
+    points["excluded"] = points["excluded"].eq(True) if "excluded" in points else False  # parts without it: False
+    images["centre_hit"] = images["centre_hit"].astype(bool)
+    if "centre_excluded" in images:
+        images["centre_excluded"] = images["centre_excluded"].eq(True)
+    hit_rates = hit_rate_table(points, images, seed=seed)
+    baselines = baseline_table(images)
+    long = points.merge(images[["model", "image_index", "name", "wnid", "label", "mask_fraction"]], on=["model", "image_index"])
+    return PointingTables(
+        points=long,
+        images=images,
+        skipped=skipped,
+        hit_rates=hit_rates,
+        per_class=per_class_table(points, images),
+        baselines=baselines,
+        summary=step_summary(hit_rates, baselines, options.average),
+        average=options.average,
+    )

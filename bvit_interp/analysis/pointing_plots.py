@@ -5,9 +5,14 @@ from __future__ import annotations
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure  # noqa: E402
 
+from ..data.sources import PointingSource
+from ..model import BViT
 from .figures import subplots
+from .pointing import PointingOptions, attention_maps
 
 
 def curves_figure(summary: pd.DataFrame, average: str = "micro") -> Figure:
@@ -91,3 +96,32 @@ def overlay_figure(
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def overlay_for_best_head(
+    model: BViT,
+    source: PointingSource,
+    options: PointingOptions,
+    summary: pd.DataFrame,
+    images: pd.DataFrame,
+    n_images: int = 4,
+    n_steps: int = 6,
+    device: str | torch.device = "cpu",
+) -> Figure:
+    """Fig. 13: attention of the overall best head over steps on a few images (model-crop frame).
+
+    The maps, points and hits are ``pointing.attention_maps`` (the pipeline the app shows too).
+    """
+    best = summary.loc[summary["best_rate"].idxmax()]
+    head = int(best["best_head"])
+    cfg = model.config
+    att = attention_maps(model, source, [int(i) for i in images["image_index"].head(n_images)], options, device)
+    n_layers = att.maps.shape[1]
+    chosen = sorted({int(round(v)) for v in np.linspace(0, n_layers - 1, min(n_steps, n_layers))})
+    maps = torch.from_numpy(att.maps[:, chosen, head])  # (B, S, g, g)
+    up = F.interpolate(maps.flatten(0, 1)[:, None], size=(cfg.img_size, cfg.img_size), mode="nearest")
+    up = up.reshape(len(att.indices), len(chosen), cfg.img_size, cfg.img_size).numpy()
+    pts = att.points[:, chosen, head] - 0.5  # continuous crop pixels -> imshow's pixel-centre coordinates
+    title = f"{cfg.name}: head {head} (best at step {int(best['step'])}, hit rate {best['best_rate']:.2f})"
+    return overlay_figure(list(att.images), list(att.masks.astype(float)), up, pts, att.hits[:, chosen, head],
+                          [s + 1 for s in chosen], title)

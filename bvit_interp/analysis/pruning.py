@@ -189,3 +189,26 @@ def metrics_over_rounds(rounds: list[StepMasks]) -> dict[str, pd.DataFrame]:
     """``mask_metrics`` of every round's masks, concatenated (one table per kind)."""
     per_round = [mask_metrics(m) for m in rounds]
     return {name: pd.concat([r[name] for r in per_round], ignore_index=True) for name in per_round[0]}
+
+
+def summary_table(summary: pd.DataFrame, rounds: pd.DataFrame) -> pd.DataFrame:
+    """Per round: sparsities (Table 7), Jaccard, specialization (observed / random) and accuracy.
+
+    ``summary`` is ``metrics_over_rounds(...)["summary"]``, ``rounds`` the per-round accuracy table of a run.
+    """
+    s = summary[summary["layer_type"] == ALL].set_index("round")
+    r = rounds.set_index("round")
+    out = pd.DataFrame({
+        "mask sparsity": (100 * s["mask_sparsity"]).round(1),
+        "weight sparsity": (100 * s["weight_sparsity"]).round(1),
+        "(random)": (100 * s["weight_sparsity_random"]).round(1),
+        "jaccard": s["jaccard"].round(3),
+        "(random) ": s["jaccard_random"].round(3),
+        "specialization": s["specialization"].round(3),
+        "(random)  ": s["specialization_random"].round(3),
+        "train acc": r["train_acc"].round(3),
+        "val acc": r["val_acc"].round(3),
+    })
+    if r["val_acc_random"].notna().any():
+        out["val acc random masks"] = r["val_acc_random"].astype(float).round(3)
+    return out.reset_index()

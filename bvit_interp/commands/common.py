@@ -10,21 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Hashable, Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
-from ..data.datasets import ImageNetLabels, build_datasets
-from ..data.transforms import eval_transform
+from ..data.loaders import data_loader
+from ..data.spec import describe
 from ..defaults import DEFAULT_DATA, model_label, resolve_model
-from ..distributed import resolve_device  # the one --device resolver; commands import it from here
+from ..distributed import (
+    DEVICE_CHOICES,
+    resolve_device,  # the one --device resolver; commands import it from here
+)
 from ..model import BViT, BViTConfig
-from ..results import Run
+from ..runs import Run
 
 DEFAULT_MODELS: tuple[str, ...] = ("bvit_tiny", "vit_tiny")
 
@@ -106,33 +109,106 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         return super()._get_help_string(action)
 
+COMMON_OPTIONS: tuple[str, ...] = ("model", "data", "limit", "batch_size", "workers", "device", "seed", "out", "force",
+                                    "debug")
+
+
+def _common_declarations(default_out: str, multi_model: bool, default_models: Sequence[str],
+                         default_limit: int | None, default_batch_size: int | None) -> dict[str, tuple[str, dict[str, Any]]]:
+    """(flag, add_argument keywords) of every shared option, by destination name."""
+    if multi_model:
+        model = {"action": "append", "metavar": "NAME|PATH",
+                 "help": f"bundled model name or checkpoint path; repeat for several (default: {' '.join(default_models)})"}
+    else:
+        model = {"default": default_models[0], "metavar": "NAME|PATH", "help": "bundled model name or checkpoint path"}
+    return {
+        "model": ("--model", model),
+        "data": ("--data", {"default": DEFAULT_DATA,
+                            "help": "'shapes', 'cifar10:ROOT', 'cifar100:ROOT' or an ImageFolder root with train/ and val/"}),
+        "limit": ("--limit", {"type": positive_int, "default": default_limit,
+                              "help": "use N validation images (a seeded random subset; default: all)"}),
+        "batch_size": ("--batch-size", {"type": positive_int, "default": default_batch_size,
+                                        "help": "images per forward pass"}),
+        "workers": ("--workers", {"type": nonneg_int, "default": 0, "help": "data-loader worker processes"}),
+        "device": ("--device", {"default": "auto", "help": DEVICE_CHOICES}),
+        "seed": ("--seed", {"type": int, "default": 0, "help": "random seed (image subset, fits; recorded in the run)"}),
+        "out": ("--out", {"default": default_out, "help": "run directory to write (rerun the same command to resume it)"}),
+        "force": ("--force", {"action": "store_true",
+                              "help": "replace a finished run (or one with other options) in --out; only a bvit-interp "
+                                      "run is replaced, and only once the new one completes"}),
+        "debug": ("--debug", {"action": "store_true", "help": "show full tracebacks"}),
+    }
+
+
 def add_common_args(
     p: argparse.ArgumentParser,
     default_out: str,
     multi_model: bool = True,
     default_models: Sequence[str] = DEFAULT_MODELS,
     default_limit: int | None = None,
-    default_batch_size: int = 64,
+    default_batch_size: int | None = 64,
+    only: Sequence[str] = COMMON_OPTIONS,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
-    """Add --model/--data/--limit/--batch-size/--workers/--device/--seed/--out/--force/--debug."""
-    if multi_model:
-        p.add_argument("--model", action="append", metavar="NAME|PATH",
-                       help=f"bundled model name or checkpoint path; repeat for several (default: {' '.join(default_models)})")
-    else:
-        p.add_argument("--model", default=default_models[0], metavar="NAME|PATH",
-                       help="bundled model name or checkpoint path")
-    p.set_defaults(_default_models=tuple(default_models))
-    p.add_argument("--data", default=DEFAULT_DATA,
-                   help="'shapes', 'cifar10:ROOT', 'cifar100:ROOT' or an ImageFolder root with train/ and val/")
-    p.add_argument("--limit", type=positive_int, default=default_limit,
-                   help="use N validation images (a seeded random subset; default: all)")
-    p.add_argument("--batch-size", type=positive_int, default=default_batch_size, help="images per forward pass")
-    p.add_argument("--workers", type=nonneg_int, default=0, help="data-loader worker processes")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    p.add_argument("--seed", type=int, default=0, help="random seed (image subset, fits; recorded in the run)")
-    p.add_argument("--out", default=default_out, help="run directory to write")
-    p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    """Add the shared options (--model/--data/--limit/--batch-size/--workers/--device/--seed/--out/--force/--debug).
+
+    ``only`` picks a subset (in that order) for commands where some do not apply; ``overrides`` maps an
+    option's name to ``add_argument`` keywords that replace the shared ones (its own help or default).
+    """
+    declared = _common_declarations(default_out, multi_model, default_models, default_limit, default_batch_size)
+    unknown = sorted((set(only) | set(overrides or {})) - set(declared))
+    if unknown:
+        raise ValueError(f"not shared options: {unknown}; choose from {list(declared)}")
+    for name in only:
+        flag, kwargs = declared[name]
+        p.add_argument(flag, **{**kwargs, **(overrides or {}).get(name, {})})
+    if "model" in only:
+        p.set_defaults(_default_models=tuple(default_models))
+
+
+# --------------------------------------------------------------------------- which steps / how many steps
+
+
+def steps_list(text: str) -> list[int]:
+    """'1,4,8' (or one of several space-separated values) as 1-based step numbers (argparse type)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected 1-based step numbers such as 1,4,8, got {text!r}")
+    return [positive_int(t) for t in items]
+
+
+class _StepsAction(argparse.Action):
+    """Flattens ``--steps 1 4 8`` and ``--steps 1,4,8`` into one list."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [s for v in values for s in v])
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old option spelling: stores into the new option's destination and warns once on stderr."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, use: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.use = use
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated; {self.use}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_steps_arg(p: argparse.ArgumentParser, help: str = "1-based steps (unrolled layers for a ViT); default all") -> None:
+    """``--steps S [S ...]``: *which* steps (1-based, space- or comma-separated), the same in every command."""
+    p.add_argument("--steps", type=steps_list, nargs="+", action=_StepsAction, metavar="S", help=help)
+
+
+def add_max_steps_arg(p: argparse.ArgumentParser, help: str, old_steps: bool = False) -> None:
+    """``--max-steps N``: *how many* recurrent steps to run; ``old_steps`` keeps ``--steps N`` as a deprecated alias."""
+    p.add_argument("--max-steps", type=positive_int, help=help)
+    if old_steps:
+        p.add_argument("--steps", dest="max_steps", type=positive_int, action=DeprecatedAlias, help=argparse.SUPPRESS,
+                       use="use --max-steps N for how many steps to run (--steps selects which steps)")
 
 
 @dataclass
@@ -172,71 +248,6 @@ def load_models(args: argparse.Namespace, device: torch.device | None = None) ->
     return loaded
 
 
-def subset_indices(n: int, limit: int | None, seed: int) -> list[int]:
-    """All of range(n), or a sorted seeded random subset of ``limit`` indices (class-sorted folders stay mixed)."""
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
-    if limit is None or limit >= n:
-        return list(range(n))
-    g = torch.Generator().manual_seed(seed)
-    return sorted(torch.randperm(n, generator=g)[:limit].tolist())
-
-
-def stratified_indices(labels: Sequence[Hashable], limit: int | None, seed: int) -> list[int]:
-    """All indices, or a sorted seeded random subset of ``limit`` with each class in proportion to its size.
-
-    Each class gets floor(limit * size / n) images and the remaining ones go to the largest
-    remainders (ties broken at random), so a subset smaller than the number of classes still
-    spreads over as many classes as it can; the images of a class are a random draw.
-    """
-    n = len(labels)
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
-    if limit is None or limit >= n:
-        return list(range(n))
-    rng = np.random.default_rng(seed)
-    groups: dict[Hashable, list[int]] = {}
-    for i, label in enumerate(labels):
-        groups.setdefault(label, []).append(i)
-    members = list(groups.values())
-    quota = np.array([len(m) for m in members], dtype=np.float64) * limit / n
-    counts = np.floor(quota).astype(np.int64)
-    left = limit - int(counts.sum())
-    if left:
-        order = np.lexsort((rng.random(len(members)), -(quota - counts)))  # largest remainder, random ties
-        counts[order[:left]] += 1
-    chosen = [i for m, k in zip(members, counts, strict=True) if k for i in rng.choice(m, size=int(k), replace=False)]
-    return sorted(int(i) for i in chosen)
-
-
-def data_loader(
-    data: str,
-    config: BViTConfig,
-    split: str = "val",
-    limit: int | None = None,
-    seed: int = 0,
-    batch_size: int = 64,
-    workers: int = 0,
-) -> tuple[DataLoader, list[str]]:
-    """(loader of (image, label) batches, class names) for a split with the model's eval transform, in order.
-
-    A 1000-class model on wnid-named class folders that are not the full ImageNet-1k set (an
-    ImageNet-S subset) gets ImageNet-1k label indices, not the folders' sorted positions.
-    """
-    tf = eval_transform(config)
-    bundle = build_datasets(data, tf, tf, require_train=split == "train")
-    if len(bundle.classes) > config.num_classes:
-        raise ValueError(
-            f"--data {data} has {len(bundle.classes)} classes but model {config.name!r} predicts {config.num_classes}"
-        )
-    dataset = bundle.train if split == "train" else bundle.val
-    if config.num_classes == 1000 and hasattr(dataset, "target_transform") and ImageNetLabels.applies(bundle.classes):
-        dataset.target_transform = ImageNetLabels(bundle.classes)
-    subset = Subset(dataset, subset_indices(len(dataset), limit, seed))  # type: ignore[arg-type]
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    return loader, bundle.classes
-
-
 def val_loader(args: argparse.Namespace, config: BViTConfig) -> tuple[DataLoader, list[str]]:
     """The validation loader the common options describe (--data, --limit, --seed, --batch-size, --workers)."""
     return data_loader(args.data, config, "val", args.limit, args.seed, args.batch_size, args.workers)
@@ -251,7 +262,7 @@ def create_run(args: argparse.Namespace, analysis: str, models: Sequence[LoadedM
     """Open --out as a run of ``analysis`` recording the models, data, options and seed."""
     # Through JSON and back, so a resumed run compares equal to what meta.json holds (tuples -> lists).
     opts = json.loads(json.dumps({**common_options(args), **options}, default=str))
-    meta = {"analysis": analysis, "models": [m.meta() for m in models], "data": args.data, "options": opts,
+    meta = {"analysis": analysis, "models": [m.meta() for m in models], "data": describe(args.data), "options": opts,
             "seed": args.seed}
     return Run.create(args.out, meta, force=args.force)
 

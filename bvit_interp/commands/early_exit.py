@@ -6,6 +6,7 @@ import argparse
 
 from ..analysis.early_exit import DEFAULT_THRESHOLDS, EarlyExitOptions, early_exit, sweep_summary
 from ..analysis.early_exit_plots import plot_exit_distribution, plot_tradeoff
+from ..registry import analysis_key
 from .common import (
     add_common_args,
     create_run,
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     loaders = [(val_loader(args, m.model.config)[0],  # data checked before the run exists
                 data_loader(args.data, m.model.config, "train", args.train_limit, args.seed, args.batch_size,
                             args.workers)[0]) for m in models]
-    out = create_run(args, "early_exit", models, train_limit=args.train_limit, **options.to_dict())
+    out = create_run(args, analysis_key(__name__), models, train_limit=args.train_limit, **options.to_dict())
     tables: dict[str, list] = {"sweep": [], "exits": [], "distribution": [], "history": []}
     summaries = {}
     for m, (val, train) in zip(models, loaders, strict=True):

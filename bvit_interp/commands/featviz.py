@@ -14,35 +14,32 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from ..analysis.featviz import (
     PARAMS,
-    Exemplars,
     FeatvizOptions,
     Target,
     TransformOptions,
-    Visualizations,
     complexity_trend,
-    compute_exemplars,
     denormalize,
     load_inputs,
     step_complexity,
     step_dependence,
     target_tables,
-    visualize,
 )
 from ..analysis.featviz.optimize import SCHEDULES
 from ..analysis.featviz_plots import complexity_figure, grid_figure, neuron_figure
 from ..defaults import DEFAULT_MODEL
-from ..results import Run, atomic_write
+from ..registry import analysis_key
+from ..runs.featviz import exemplars as resumable_exemplars
+from ..runs.featviz import optimise as resumable_optimise
 from .common import (
     add_common_args,
+    add_steps_arg,
     create_run,
     float_pair,
     load_models,
@@ -68,7 +65,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-random", type=int, default=0, metavar="N",
                    help="also visualize N randomly drawn neurons (seeded by --seed, none of the selected ones) as a "
                         "control: --top picks neurons whose preferred inputs vary across steps by construction")
-    p.add_argument("--steps", type=positive_int, nargs="+", metavar="S", help="1-based steps (unrolled layers for a ViT); default all")
+    add_steps_arg(p, "which 1-based steps (unrolled layers for a ViT), e.g. 1 4 8 or 1,4,8; default all")
     p.add_argument("--patch", type=nonneg_int, help="maximise the neuron at this patch token instead of its mean over patch tokens")
     p.add_argument("--iterations", type=positive_int, default=400, help="optimisation steps (Ghiasi: 400)")
     p.add_argument("--copies", type=positive_int, default=8, help="augmented copies per image and iteration (Ghiasi: 8)")
@@ -103,33 +100,6 @@ def _options(args: argparse.Namespace) -> FeatvizOptions:
     return FeatvizOptions(iterations=args.iterations, lr=args.lr, schedule=args.schedule, param=args.param,
                           tv_weight=args.tv_weight, diversity=args.diversity,
                           images_per_target=args.images_per_target, transforms=transforms, seed=args.seed)
-
-
-def _part(t: Target) -> str:
-    """Run-relative name of a target's resumable part."""
-    return f"parts/n{t.neuron}_s{t.step}" + ("" if t.patch is None else f"_p{t.patch}")
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    """An 8-bit PNG of a (3, H, W) image in [0, 1], written atomically."""
-    pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
-    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
-
-
-def _optimise_resumable(model: torch.nn.Module, targets: list[Target], options: FeatvizOptions, run: Run,
-                        targets_per_batch: int, amp: bool) -> Visualizations:
-    """Optimise the targets the run does not hold yet, writing each batch; then load all."""
-    pending = [t for t in targets if not run.has(f"{_part(t)}.npz")]
-
-    def save(batch: Visualizations) -> None:
-        for i, t in enumerate(batch.targets):
-            run.write_arrays(_part(t), images=batch.images[i].numpy(), history=batch.history[i].numpy())
-
-    if pending:
-        visualize(model, pending, options, batch_size=targets_per_batch, progress=True, on_batch=save, amp=amp)  # type: ignore[arg-type]
-    parts = [run.read_arrays(_part(t)) for t in targets]
-    return Visualizations(targets, torch.from_numpy(np.stack([a["images"] for a in parts])),
-                          torch.from_numpy(np.stack([a["history"] for a in parts])))
 
 
 def _print_summary(table: pd.DataFrame, per_step: pd.DataFrame, trend: dict[str, float]) -> None:
@@ -169,18 +139,14 @@ def run(args: argparse.Namespace) -> int:
             _checked_target(Target(n, s, args.patch), model)
     statistic = "mean" if args.patch is None else "max"
     loader, _ = val_loader(args, model.config)
-    run_dir = create_run(args, "featviz", [loaded], featviz=options.to_dict(), neurons=args.neurons, top=args.top,
+    run_dir = create_run(args, analysis_key(__name__), [loaded], featviz=options.to_dict(), neurons=args.neurons, top=args.top,
                          steps=args.steps, patch=args.patch, exemplars_k=args.exemplars_k, amp=args.amp,
                          control_random=args.control_random)
     subset = loader.dataset
     dataset, indices = subset.dataset, subset.indices  # type: ignore[attr-defined]
 
-    if run_dir.has("exemplars_all.npz"):
-        exemplars = Exemplars.from_arrays(run_dir.read_arrays("exemplars_all"))
-    else:
-        exemplars = compute_exemplars(model, dataset, args.exemplars_k, indices, statistic, args.batch_size,
-                                      args.workers, progress=True)
-        run_dir.write_arrays("exemplars_all", **exemplars.to_arrays())
+    exemplars = resumable_exemplars(run_dir, model, dataset, args.exemplars_k, indices, statistic, args.batch_size,
+                                    args.workers)
 
     selected = args.neurons or exemplars.most_variable(args.top or DEFAULT_TOP)
     control = exemplars.random_neurons(args.control_random, args.seed, exclude=selected) if args.control_random else []
@@ -191,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     for t in targets:
         t.check(model)
     per_batch = max(1, args.batch_size // (options.transforms.copies * options.images_per_target))
-    vis = _optimise_resumable(model, targets, options, run_dir, per_batch, args.amp)
+    vis = resumable_optimise(model, targets, options, run_dir, per_batch, args.amp)
 
     table, cross = target_tables(model, vis, exemplars, args.batch_size)
     table.insert(1, "selection", table["neuron"].map(selection))
@@ -213,8 +179,7 @@ def run(args: argparse.Namespace) -> int:
                          steps=np.array([t.step for t in targets]), exemplar_images=ex_images)
     for i, t in enumerate(targets):
         for j in range(images.shape[1]):
-            _write_png(run_dir.file(f"images/n{t.neuron}_s{t.step}" + (f"_{j}" if images.shape[1] > 1 else "") + ".png"),
-                       images[i, j])
+            run_dir.write_image(f"images/n{t.neuron}_s{t.step}" + (f"_{j}" if images.shape[1] > 1 else ""), images[i, j])
 
     first = table[table["image"] == 0].reset_index(drop=True)
     cells = {(t.neuron, t.step): images[i, 0] for i, t in enumerate(targets)}

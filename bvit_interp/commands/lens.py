@@ -6,6 +6,7 @@ import argparse
 
 from ..analysis.lens import LensOptions, lens
 from ..analysis.lens_plots import plot_lens
+from ..registry import analysis_key
 from .common import (
     add_common_args,
     create_run,
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     models = load_models(args, device)
     options = LensOptions(max_steps=args.max_steps)
     loaders = [val_loader(args, m.model.config)[0] for m in models]  # data checked before the run exists
-    out = create_run(args, "lens", models, **options.to_dict())
+    out = create_run(args, analysis_key(__name__), models, **options.to_dict())
     tables: dict[str, list] = {"lens": [], "predictions": []}
     summaries = {}
     for m, loader in zip(models, loaders, strict=True):
@@ -42,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
     horizons = {m.label: m.model.num_layers() for m in models}
     out.write_figure("lens", plot_lens(out.read_table("lens"), horizons))
     out.complete(summary=summaries)
-    print_summary("lens", out, summaries)
+    print_summary(analysis_key(__name__), out, summaries)
     return 0

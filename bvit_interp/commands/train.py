@@ -9,10 +9,10 @@ from ..data.datasets import build_datasets
 from ..model.config import get_config
 from ..train import RECIPES, TrainConfig, train
 from .common import (
+    add_common_args,
     float_pair,
     fraction,
     nonneg_float,
-    nonneg_int,
     positive_float,
     positive_int,
     resolve_device,
@@ -34,12 +34,16 @@ def parse_model_kwargs(items: list[str]) -> dict[str, object]:
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="bvit_tiny", help="named config (bvit_tiny, vit_tiny, bvit_b, vit_s_2b6s, ...)")
-    p.add_argument("--data", default="shapes", help="'shapes', 'cifar10:ROOT', 'cifar100:ROOT' or an ImageFolder root with train/ and val/")
-    p.add_argument("--out", default="runs/train", help="output directory (checkpoints, metrics.jsonl, model.safetensors)")
+    add_common_args(p, "runs/train", multi_model=False, default_models=("bvit_tiny",), default_batch_size=None,
+                    only=("model", "data", "out", "batch_size", "workers", "device", "seed", "force", "debug"), overrides={
+                        "model": {"metavar": "NAME", "help": "named config (bvit_tiny, vit_tiny, bvit_b, vit_s_2b6s, ...)"},
+                        "out": {"help": "output directory (checkpoints, metrics.jsonl, model.safetensors)"},
+                        "batch_size": {"help": "global batch size (split over torchrun processes)"},
+                        "seed": {"help": "random seed (recorded in the outputs)"},
+                        "force": {"help": "train into a non-empty OUT"},
+                    })
     p.add_argument("--recipe", choices=sorted(RECIPES), help="preset for unset options (default: 'shapes' for shapes data, else 'paper')")
     p.add_argument("--epochs", type=positive_float, help="epochs (fractions allowed)")
-    p.add_argument("--batch-size", type=positive_int, help="global batch size (split over torchrun processes)")
     p.add_argument("--base-lr", type=positive_float, help="base lr; peak lr = base_lr * batch_size / 512")
     p.add_argument("--lr", type=positive_float, help="absolute peak lr (overrides --base-lr)")
     p.add_argument("--weight-decay", type=nonneg_float, help="AdamW weight decay (none on norms, biases, tokens)")
@@ -75,14 +79,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-tau", type=positive_float, default=2.0, help="soft-distillation temperature")
     p.add_argument("--num-classes", type=positive_int, help="override the model's number of classes")
     p.add_argument("--val-limit", type=positive_int, help="evaluate on the first N validation images only")
-    p.add_argument("--workers", type=nonneg_int, default=0, help="data-loader worker processes")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    p.add_argument("--seed", type=int, default=0, help="random seed (recorded in the outputs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    p.add_argument("--force", action="store_true", help="train into a non-empty OUT")
     p.add_argument("--save-name", help="file stem of the final model in OUT (default 'model')")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def _check_inputs(args: argparse.Namespace, overrides: dict[str, object]) -> None:

@@ -6,8 +6,10 @@ import argparse
 
 from ..analysis.trajectories import NORMALIZATIONS, TrajectoryOptions, trajectories
 from ..analysis.trajectories_plots import plot_centroids, plot_class_panels
+from ..registry import analysis_key
 from .common import (
     add_common_args,
+    add_max_steps_arg,
     create_run,
     load_models,
     positive_int,
@@ -25,15 +27,15 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="normalise states before PaCMAP: per point by RMS, or z-score each step's cloud")
     p.add_argument("--neighbors", type=positive_int, default=10, help="PaCMAP n_neighbors")
     p.add_argument("--knn", type=positive_int, default=10, help="k of the kNN-preservation score")
-    p.add_argument("--steps", type=positive_int, help="recurrent steps to run (default: the trained horizon)")
+    add_max_steps_arg(p, "recurrent steps to run (default: the trained horizon)", old_steps=True)
 
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = load_models(args, device)
-    options = TrajectoryOptions(normalize=args.normalize, n_neighbors=args.neighbors, knn=args.knn, steps=args.steps)
+    options = TrajectoryOptions(normalize=args.normalize, n_neighbors=args.neighbors, knn=args.knn, steps=args.max_steps)
     loaders = [val_loader(args, m.model.config) for m in models]  # data checked before the run exists
-    out = create_run(args, "trajectories", models, **options.to_dict())
+    out = create_run(args, analysis_key(__name__), models, **options.to_dict())
     tables: dict[str, list] = {"points": [], "centroids": [], "step_stats": []}
     summaries = {}
     for m, (loader, classes) in zip(models, loaders, strict=True):
@@ -46,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
         summaries[m.label] = summary
     write_tables(out, tables)
     out.complete(summary=summaries)
-    print_summary("trajectories", out, summaries)
+    print_summary(analysis_key(__name__), out, summaries)
     return 0

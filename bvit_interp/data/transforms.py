@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import torch
 from timm.data import create_transform
 
 from ..model.config import BViTConfig
@@ -21,6 +23,22 @@ def eval_transform(config: BViTConfig) -> Callable[[Any], Any]:
         std=dc["std"],
         crop_pct=dc["crop_pct"],
     )
+
+
+def denormalize(x: torch.Tensor | np.ndarray, config: BViTConfig) -> torch.Tensor | np.ndarray:
+    """A model input (..., 3, H, W), tensor or array -> the image in [0, 1] (clamped), same type and layout.
+
+    The one inverse of the model's normalisation: featviz exemplars, pointing overlays, the app.
+    """
+    if isinstance(x, torch.Tensor):
+        mean = torch.tensor(config.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        std = torch.tensor(config.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return (x * std + mean).clamp(0.0, 1.0)
+    arr = np.asarray(x)
+    dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float32
+    mean = np.asarray(config.mean, dtype=dtype).reshape(3, 1, 1)
+    std = np.asarray(config.std, dtype=dtype).reshape(3, 1, 1)
+    return np.clip(arr * std + mean, 0.0, 1.0)
 
 
 def _rand_augment(spec: str, img_size: int, mean: tuple[float, ...]) -> Callable[[Any], Any]:

@@ -14,21 +14,20 @@ Round R only trains and evaluates (the accuracy of the final masks). Weights tha
 uses are set to exactly zero after every optimizer step (full model and grafts), so AdamW
 momentum and weight decay cannot revive them. Every phase draws its randomness from a seed
 derived from (seed, round, phase, step), so a run resumed after an interruption reproduces
-an uninterrupted one. After each round the run directory receives the next round's masks,
-the trained model with its masks, the metric tables and ``state.json``.
+an uninterrupted one. This module computes and writes nothing; the run layer
+(``bvit_interp.runs.pruning``) saves theta_0, each round's masks, the trained model, the metric
+tables and ``state.json``, and resumes after the last finished round.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,21 +36,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..analysis.pruning import metrics_over_rounds
 from ..data.datasets import build_datasets
 from ..data.shapes import ShapesConfig
 from ..data.transforms import eval_transform, train_transform
 from ..evaluation import evaluate_accuracy
-from ..model import BViT, build_model, get_config, load_model, save_model
+from ..model import BViT, build_model, get_config
 from ..model.io import load_state_dict_checked
-from ..results import Run
 from ..train import TrainConfig, _param_groups, lr_at
 from .masked import attach_masks, grafted, make_graft, masked_layers, set_masks, zero_unused_weights
 from .masks import LAYER_TYPES, StepMasks, check_layer_types
 from .strategy import SCOPES, prune_step_masks
 
 Progress = Callable[[str, dict[str, Any]], None]
-STATE_FILE = "state.json"
 PHASES = {"init": 0, "train": 1, "graft": 2, "control": 3, "control_masks": 4}
 
 
@@ -287,14 +283,13 @@ def fit(
 
 
 class RTLPruner:
-    """Runs (or resumes) the rounds of one pruning run in a run directory."""
+    """The rounds of one pruning run, in memory: theta_0, rewinding, training, graft pruning (no files)."""
 
     def __init__(
-        self, cfg: PruneConfig, run: Run, device: str | torch.device = "cpu", amp: bool = True,
+        self, cfg: PruneConfig, device: str | torch.device = "cpu", amp: bool = True,
         progress: Progress | None = None, workers: int = 0,
     ) -> None:
         self.cfg = cfg
-        self.run = run
         self.device = torch.device(device)
         self.amp = amp and self.device.type == "cuda"
         self.progress = progress or (lambda event, info: None)
@@ -302,32 +297,19 @@ class RTLPruner:
         self.graft_cfg = dataclasses.replace(cfg.graft_config(str(self.device)), workers=workers)
         self.model, self.data = build_model_and_data(cfg)
         self.model.to(self.device)
-        self.theta0 = self._initial_weights()
-        self.history: list[dict[str, Any]] = self._read_state()
+        self.theta0 = self._snapshot()
 
-    # ------------------------------------------------------------- state
-    def _initial_weights(self) -> dict[str, torch.Tensor]:
-        """theta_0, saved on the first start and reloaded on resume (so rewinding survives restarts)."""
-        path = self.run.file("init")
-        if self.run.file("init.safetensors").exists():
-            init = load_model(path, map_location=self.device)
-            load_state_dict_checked(self.model, init.state_dict(), str(path))
-        else:
-            save_model(self.model, path, metadata={"role": "theta_0 of a pruning run"})
+    def _snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
-    def _read_state(self) -> list[dict[str, Any]]:
-        path = self.run.file(STATE_FILE)
-        return json.loads(path.read_text())["rounds"] if path.exists() else []
+    def set_initial_weights(self, state: dict[str, torch.Tensor], source: str = "theta_0") -> None:
+        """Make ``state`` theta_0 (a resumed run reloads the one it saved, so rewinding survives restarts)."""
+        load_state_dict_checked(self.model, state, source)
+        self.theta0 = self._snapshot()
 
-    def masks_file(self, round_: int) -> Path:
-        return self.run.file(f"masks/round_{round_:03d}.npz")
-
-    def masks_of(self, round_: int) -> StepMasks:
-        """The masks of round ``round_`` (round 0: all ones)."""
-        if round_ == 0:
-            return StepMasks.ones(self.model, self.model.config.steps, self.cfg.layer_types)
-        return StepMasks.load(self.masks_file(round_))
+    def initial_masks(self) -> StepMasks:
+        """The masks of round 0: all ones."""
+        return StepMasks.ones(self.model, self.model.config.steps, self.cfg.layer_types)
 
     # ------------------------------------------------------------- phases
     def rewind(self, masks: StepMasks) -> None:
@@ -385,10 +367,12 @@ class RTLPruner:
         return self.accuracy(self.data.val)
 
     # ------------------------------------------------------------- rounds
-    def run_round(self, round_: int) -> dict[str, Any]:
-        """Train, evaluate and (before the last round) graft-prune round ``round_``; checkpoint it."""
+    def run_round(self, round_: int, masks: StepMasks) -> tuple[dict[str, Any], StepMasks | None]:
+        """Train and evaluate round ``round_`` with ``masks``; before the last round also graft-prune.
+
+        Returns the round's record and the next round's masks (None after the last round).
+        """
         cfg = self.cfg
-        masks = self.masks_of(round_)
         record: dict[str, Any] = {"round": round_, "mask_sparsity": masks.sparsity()}
         self.progress("round", {"round": round_, "rounds": cfg.rounds, "sparsity": masks.sparsity()})
         t0 = time.perf_counter()
@@ -409,34 +393,15 @@ class RTLPruner:
         self.progress("trained", {**record, "rounds": cfg.rounds})
 
         record["time_grafts_s"] = record["time_prune_s"] = 0.0
-        if round_ < cfg.rounds:
-            t0 = time.perf_counter()
-            new, losses, select_s = self.graft_prune(masks, round_)
-            record["time_grafts_s"] = time.perf_counter() - t0 - select_s
-            record["graft_loss"] = losses
-            t0 = time.perf_counter()
-            new.meta.update(seed=cfg.seed, rate=cfg.rate, scope=cfg.scope)
-            new.save(self.masks_file(round_ + 1))
-            record["time_prune_s"] = select_s + time.perf_counter() - t0
+        if round_ == cfg.rounds:
+            return record, None
         t0 = time.perf_counter()
-        save_model(self.model, self.run.file("model"), metadata={"pruning_round": round_, "val_acc": record["val_acc"]})
-        for name, df in metrics_over_rounds([self.masks_of(r) for r in range(round_ + 1)]).items():
-            self.run.write_table(name, df)
-        record["time_checkpoint_s"] = time.perf_counter() - t0
-        self.history = [*self.history[:round_], record]
-        self.run.write_table("rounds", rounds_table(self.history))
-        # Written last: a round counts as finished only once everything above is on disk.
-        self.run.write_json(STATE_FILE, {"rounds": self.history})
-        self.progress("round_done", {**record, "rounds": cfg.rounds})
-        return record
-
-    def run_all(self) -> list[dict[str, Any]]:
-        """Run every round not yet finished (resuming after the last finished one)."""
-        if self.history:
-            self.progress("resume", {"round": len(self.history), "rounds": self.cfg.rounds})
-        for round_ in range(len(self.history), self.cfg.rounds + 1):
-            self.run_round(round_)
-        return self.history
+        new, losses, select_s = self.graft_prune(masks, round_)
+        record["time_grafts_s"] = time.perf_counter() - t0 - select_s
+        record["graft_loss"] = losses
+        record["time_prune_s"] = select_s
+        new.meta.update(seed=cfg.seed, rate=cfg.rate, scope=cfg.scope)
+        return record, new
 
 
 def rounds_table(history: list[dict[str, Any]]) -> pd.DataFrame:

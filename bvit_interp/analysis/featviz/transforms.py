@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...data.transforms import denormalize as denormalize  # the one de-normalisation, re-exported
 from ...model import BViTConfig
 
 # Ghiasi et al. roll by up to 32 px at 224 px; the default scales this to the image size.
@@ -130,8 +131,3 @@ def normalize(images: torch.Tensor, config: BViTConfig) -> torch.Tensor:
     mean, std = _stats(config, images)
     return (images - mean) / std
 
-
-def denormalize(x: torch.Tensor, config: BViTConfig) -> torch.Tensor:
-    """A model input -> images in [0, 1] (clamped), e.g. dataset exemplars for display."""
-    mean, std = _stats(config, x)
-    return (x * std + mean).clamp(0.0, 1.0)

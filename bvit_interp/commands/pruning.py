@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-import pandas as pd
-
-from ..analysis.pruning import ALL
-from ..analysis.pruning_plots import pruning_figure, utilization_figure
+from ..analysis.pruning import summary_table
+from ..data.spec import describe
 from ..pruning.masks import LAYER_TYPES
-from ..pruning.rtl import PRESETS, PruneConfig, RTLPruner, build_model_and_data, preset_config
+from ..pruning.rtl import PRESETS, PruneConfig, build_model_and_data, preset_config
 from ..pruning.strategy import SCOPES
-from ..results import Run
+from ..registry import analysis_key
+from ..runs import Run
+from ..runs.pruning import PruningRun, print_progress, write_figures
 from .common import (
+    add_common_args,
     finite_float,
     fraction,
     nonneg_float,
@@ -55,7 +55,6 @@ def _preset_values(option: str) -> str:
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-config", default="bvit_tiny", help="named model config trained from a fresh seeded init (bvit_prune_g1 = paper App. G.1, 32 px; bvit_tiny, bvit_micro, ...)")
     p.add_argument("--init-from", metavar="NAME|PATH", help="start from these weights (bundled model or checkpoint) instead of a fresh init; they are theta_0")
-    p.add_argument("--data", default="shapes", help="'shapes', 'cifar10:ROOT', 'cifar100:ROOT' or an ImageFolder root with train/ and val/")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="fills unset options: paper = App. G.3 (30 rounds, 20%%); quick = ~15 min on a 2-core CPU")
     p.add_argument("--rounds", type=nonneg_int, help="pruning rounds; the last round's masks are also trained and evaluated " + _preset_values("rounds"))
     p.add_argument("--rate", type=finite_float, help="fraction of each step's active weights pruned per round " + _preset_values("rate"))
@@ -63,7 +62,6 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=_types, default=",".join(LAYER_TYPES), help="masked layer types, comma-separated")
     p.add_argument("--epochs", type=positive_float, help="full-model training per round, in epochs " + _preset_values("epochs"))
     p.add_argument("--graft-epochs", type=positive_float, help="training of each step's graft per round, in epochs " + _preset_values("graft_epochs"))
-    p.add_argument("--batch-size", type=positive_int, default=128, help="training batch size (paper App. G.2: 128)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate of full training; unset = the data's training recipe")
     p.add_argument("--graft-lr", type=positive_float, help="peak learning rate of graft training; unset = as full training")
     p.add_argument("--weight-decay", type=nonneg_float, help="AdamW weight decay; unset = the recipe's")
@@ -76,13 +74,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-control", action=argparse.BooleanOptionalAction, default=None,
                    help="also train each round with random masks of the same densities (val accuracy control) " + _preset_values("random_control"))
     p.add_argument("--num-classes", type=positive_int, help="override the model's number of classes")
-    p.add_argument("--workers", type=nonneg_int, default=0, help="data-loader worker processes")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--no-amp", action="store_true", help="on CUDA, train in fp32 instead of bf16 autocast")
-    p.add_argument("--seed", type=int, default=0, help="seed of the init, data order and random controls")
-    p.add_argument("--out", default="runs/prune", help="run directory (rerun the same command to resume)")
-    p.add_argument("--force", action="store_true", help="overwrite a finished run (or one with other options) in --out")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_common_args(p, "runs/pruning", only=("data", "batch_size", "workers", "device", "seed", "out", "force", "debug"),
+                    default_batch_size=128, overrides={
+                        "batch_size": {"help": "training batch size (paper App. G.2: 128)"},
+                        "seed": {"help": "seed of the init, data order and random controls"},
+                    })
 
 
 def config_from_args(args: argparse.Namespace) -> PruneConfig:
@@ -98,61 +95,14 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
     )
 
 
-def print_progress(event: str, info: dict[str, Any]) -> None:
-    """One stderr line per round, training, graft and finished round."""
-    if event == "resume":
-        line = f"resuming: rounds 0-{info['round'] - 1} of 0-{info['rounds']} already finished"
-    elif event == "round":
-        line = f"round {info['round']}/{info['rounds']}: mask sparsity {100 * info['sparsity']:.1f}%"
-    elif event == "trained":
-        ctrl = f", random masks {info['val_acc_random']:.3f}" if info.get("val_acc_random") is not None else ""
-        line = (f"  full training {info['time_train_s']:.0f}s: loss {info['train_loss']:.3f}, "
-                f"train acc {info['train_acc']:.3f}, val acc {info['val_acc']:.3f}{ctrl}")
-    elif event == "graft":
-        line = f"  graft step {info['step']}/{info['steps']}: loss {info['loss']:.3f} ({info['seconds']:.1f}s)"
-    elif event == "round_done":
-        line = (f"  round {info['round']} done: train {info['time_train_s']:.0f}s, grafts {info['time_grafts_s']:.0f}s, "
-                f"prune {info['time_prune_s']:.1f}s, eval {info['time_eval_s']:.0f}s, control {info['time_control_s']:.0f}s")
-    else:
-        return
-    print(line, file=sys.stderr, flush=True)
-
-
-def write_figures(run: Run) -> None:
-    """Fig. 5 and Fig. 14 A-F from the run's tables."""
-    summary, steps, util, rounds = (run.read_table(n) for n in ("summary", "steps", "utilization", "rounds"))
-    run.write_figure("fig5_utilization", utilization_figure(util, summary))
-    run.write_figure("fig14_pruning", pruning_figure(steps, summary, rounds))
-
-
-def summary_table(run: Run) -> pd.DataFrame:
-    """Per round: sparsities (Table 7), Jaccard, specialization (observed / random) and accuracy."""
-    s = run.read_table("summary")
-    s = s[s["layer_type"] == ALL].set_index("round")
-    r = run.read_table("rounds").set_index("round")
-    out = pd.DataFrame({
-        "mask sparsity": (100 * s["mask_sparsity"]).round(1),
-        "weight sparsity": (100 * s["weight_sparsity"]).round(1),
-        "(random)": (100 * s["weight_sparsity_random"]).round(1),
-        "jaccard": s["jaccard"].round(3),
-        "(random) ": s["jaccard_random"].round(3),
-        "specialization": s["specialization"].round(3),
-        "(random)  ": s["specialization_random"].round(3),
-        "train acc": r["train_acc"].round(3),
-        "val acc": r["val_acc"].round(3),
-    })
-    if r["val_acc_random"].notna().any():
-        out["val acc random masks"] = r["val_acc_random"].astype(float).round(3)
-    return out.reset_index()
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     device = resolve_device(args.device)
     options = json.loads(json.dumps(cfg.to_dict()))
     build_model_and_data(cfg)  # the model and data load (or fail naming the option) before the run exists
-    meta = {"analysis": "prune", "models": [{"name": cfg.init_from or cfg.model}], "data": cfg.data,
-            "options": options, "seed": cfg.seed}
+    amp = device.type == "cuda" and not args.no_amp
+    meta = {"analysis": analysis_key(__name__), "models": [{"name": cfg.init_from or cfg.model}], "data": describe(cfg.data),
+            "options": {**options, "amp": amp}, "seed": cfg.seed}
     run_dir = Run.create(args.out, meta, force=args.force)
 
     def progress(event: str, info: dict[str, Any]) -> None:
@@ -160,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         if event == "round_done" and info["round"] < info["rounds"]:  # the last round's figures follow below
             write_figures(run_dir)
 
-    pruner = RTLPruner(cfg, run_dir, device, amp=not args.no_amp, progress=progress, workers=args.workers)
+    pruner = PruningRun(cfg, run_dir, device, amp=amp, progress=progress, workers=args.workers)
     model = pruner.model
     run_dir.update_meta(device=str(device), models=[{
         "name": cfg.init_from or cfg.model, "path": model.checkpoint_path, "sha256": model.checkpoint_sha256,
@@ -169,6 +119,6 @@ def run(args: argparse.Namespace) -> int:
     pruner.run_all()
     write_figures(run_dir)
     run_dir.complete()
-    print(summary_table(run_dir).to_string(index=False))
+    print(summary_table(run_dir.read_table("summary"), run_dir.read_table("rounds")).to_string(index=False))
     print(f"wrote {run_dir.path}")
     return 0

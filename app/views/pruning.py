@@ -6,6 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 from lib import charts
+from lib.runs import int_values
 from lib.ui import (
     PageContext,
     analysis_page,
@@ -15,8 +16,6 @@ from lib.ui import (
     step_picker,
     steps_and_heads,
 )
-
-from bvit_interp.app_support import int_values
 
 RANDOM = "_random"
 
@@ -41,11 +40,11 @@ def render(ctx: PageContext) -> None:
         with guard("the rounds"):
             summary = ctx.table("summary")
     rounds = int_values(summary, "round")
-    rnd = st.sidebar.select_slider("Round", rounds, value=rounds[-1], key="prune_round") if len(rounds) > 1 else (
+    rnd = st.sidebar.select_slider("Round", rounds, value=rounds[-1], key="pruning_round") if len(rounds) > 1 else (
         rounds[0] if rounds else None)
     kinds = sorted(summary["layer_type"].unique().tolist()) if "layer_type" in summary else []
     kind = st.sidebar.selectbox("Layer type", kinds, index=kinds.index("all") if "all" in kinds else 0,
-                                key="prune_kind") if kinds else None
+                                key="pruning_kind") if kinds else None
     if len(summary) and kind is not None:
         with guard("the rounds"):
             s = summary[summary["layer_type"] == kind]
@@ -86,6 +85,6 @@ def render(ctx: PageContext) -> None:
     page_footer(ctx)
 
 
-page = analysis_page("prune")
+page = analysis_page("pruning")
 if page is not None:
     render(page)

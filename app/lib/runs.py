@@ -1,8 +1,8 @@
-"""Run discovery, validation and on-demand attention for the Streamlit results browser (``app/``).
+"""Run discovery, validation, tables, the model card and data for the results browser (no Streamlit here).
 
-Nothing here imports Streamlit, so the logic is testable on its own. The browser reads only
-inside its allowed roots (the runs root, the models directory and any data roots it was
-given); ``is_within`` is the one check every file access goes through.
+The browser reads only inside its allowed roots (the runs root, the models directory and any
+data roots it was given); ``is_within`` is the one check every file access goes through. The
+analyses, their pages and their old names come from ``bvit_interp.registry``.
 """
 
 from __future__ import annotations
@@ -10,75 +10,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from .results import RESULTS_FORMAT
-
-# --------------------------------------------------------------------------- analyses
-
-
-@dataclass(frozen=True)
-class AnalysisSpec:
-    """One page of the browser: which ``meta["analysis"]`` values it shows and how to make a run."""
-
-    key: str
-    title: str
-    names: tuple[str, ...]
-    command: str
-    about: str
-    icon: str = ":material/analytics:"
-
-
-ANALYSES: tuple[AnalysisSpec, ...] = (
-    AnalysisSpec("pointing", "Pointing game", ("pointing",),
-                 "bvit-interp pointing-game --out runs/pointing",
-                 "Does each head's CLS attention point at the object, at every step? (Sec. 4.2.2)",
-                 ":material/my_location:"),
-    AnalysisSpec("featviz", "Feature visualization", ("featviz",),
-                 "bvit-interp featviz --out runs/featviz",
-                 "Optimised images and dataset exemplars of FFN neurons at each step (Sec. 4.2.1)",
-                 ":material/palette:"),
-    AnalysisSpec("rank", "Rank (SVD)", ("svd", "rank"),
-                 "bvit-interp svd --out runs/svd",
-                 "Energy ranks of the weights and of the CLS state per step; truncated-SVD sweeps (App. A.2)",
-                 ":material/stacked_line_chart:"),
-    AnalysisSpec("prune", "Pruning", ("prune", "pruning"),
-                 "bvit-interp prune --preset quick --out runs/prune",
-                 "Step-masked pruning of the shared block: which weights each step uses (Sec. 4.2.3)",
-                 ":material/content_cut:"),
-    AnalysisSpec("trajectories", "Trajectories", ("trajectories",),
-                 "bvit-interp trajectories --out runs/trajectories",
-                 "Joint PaCMAP embedding of the CLS state of every image at every step (App. E.2)",
-                 ":material/timeline:"),
-    AnalysisSpec("lens", "Readout (lens)", ("lens",),
-                 "bvit-interp lens --out runs/lens",
-                 "Accuracy of the final readout applied after every step, also beyond the horizon (App. B)",
-                 ":material/visibility:"),
-    AnalysisSpec("early_exit", "Early exit", ("early_exit", "early-exit"),
-                 "bvit-interp early-exit --out runs/early_exit",
-                 "Exit heads on chosen steps: accuracy against compute over confidence thresholds (App. B)",
-                 ":material/exit_to_app:"),
-    AnalysisSpec("ablate", "Ablation", ("ablate", "ablation"),
-                 "bvit-interp ablate --out runs/ablate",
-                 "Accuracy drop when one head is removed at one step, and when a whole step is skipped",
-                 ":material/grid_off:"),
-)
-ANALYSIS_BY_KEY = {a.key: a for a in ANALYSES}
-
-
-def spec_for(analysis: str | None) -> AnalysisSpec | None:
-    """The page spec whose ``names`` hold ``analysis`` (a meta.json value), or None."""
-    for spec in ANALYSES:
-        if analysis in spec.names:
-            return spec
-    return None
-
+from bvit_interp.data.spec import as_spec, reopen
+from bvit_interp.registry import AnalysisSpec, find_analysis
+from bvit_interp.runs import RESULTS_FORMAT
 
 # --------------------------------------------------------------------------- paths
 
@@ -133,7 +74,8 @@ class RunInfo:
 
     @property
     def spec(self) -> AnalysisSpec | None:
-        return spec_for(self.analysis)
+        """The registered analysis of the run (old names such as ``svd`` map to their key)."""
+        return find_analysis(self.analysis)
 
     @property
     def status(self) -> str:
@@ -199,9 +141,9 @@ def check_meta(meta: dict[str, Any], command: str | None = None) -> list[Problem
                                            "resume it."))
     if not isinstance(meta.get("analysis"), str):
         problems.append(Problem("error", "meta.json names no analysis; this is not a bvit-interp analysis run."))
-    elif spec_for(meta["analysis"]) is None:
-        problems.append(Problem("info", f"Analysis {meta['analysis']!r} has no page in this browser yet; "
-                                        "its figures and tables are listed on the overview."))
+    elif find_analysis(meta["analysis"]) is None:
+        problems.append(Problem("info", f"Analysis {meta['analysis']!r} is not registered in this version of "
+                                        "bvit-interp, so it has no page; its figures and tables are listed on the overview."))
     return problems
 
 
@@ -214,8 +156,8 @@ def load_run(path: Path, root: Path) -> RunInfo:
         info.problems.append(Problem("error", error))
         return info
     info.meta = meta
-    spec = spec_for(meta.get("analysis"))
-    info.problems.extend(check_meta(meta, spec.command if spec else None))
+    spec = find_analysis(meta.get("analysis"))
+    info.problems.extend(check_meta(meta, f"bvit-interp {spec.command}" if spec else None))
     try:
         entries = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     except OSError as err:
@@ -245,8 +187,8 @@ def find_runs(root: str | os.PathLike[str], max_depth: int = 4) -> list[RunInfo]
 
 
 def runs_for(runs: Sequence[RunInfo], spec: AnalysisSpec) -> list[RunInfo]:
-    """The runs a page shows."""
-    return [r for r in runs if r.analysis in spec.names]
+    """The runs a page shows: those whose ``meta["analysis"]`` is the spec's key or one of its old names."""
+    return [r for r in runs if r.spec is not None and r.spec.key == spec.key]
 
 
 # --------------------------------------------------------------------------- tables
@@ -386,7 +328,7 @@ def find_checkpoint(entry: dict[str, Any], roots: Sequence[Path], models_dir: Pa
 
     Tries the recorded ``path`` (when inside ``roots``), then ``models_dir/<name>``.
     """
-    from .model.io import checkpoint_paths
+    from bvit_interp.model.io import checkpoint_paths
 
     tried = []
     recorded = entry.get("path")
@@ -414,126 +356,24 @@ def find_checkpoint(entry: dict[str, Any], roots: Sequence[Path], models_dir: Pa
     return None, "no checkpoint of this model is readable: " + "; ".join(tried or ["the run records no path"])
 
 
-# --------------------------------------------------------------------------- data sources
-
-_SHAPES_DESC = re.compile(r"^shapes:(?P<split>\w+) \(img_size=(?P<size>\d+), seed=(?P<seed>\d+)\)$")
-_IMAGENET_S_DESC = re.compile(r"^imagenet-s:(?P<root>.+) \((?P<split>[^()]+)\)$")
+# --------------------------------------------------------------------------- data
 
 
-def open_data(description: str, roots: Sequence[Path]):
-    """The pointing source a run's ``meta["data"]`` describes (ValueError when not readable here)."""
-    from .analysis.sources import ImageNetSSource, ShapesSource, open_source
-    from .data.shapes import ShapesConfig
+def data_label(data: Any) -> str:
+    """One line for a run's ``meta["data"]`` (a dict's ``display``, an old run's string as it is)."""
+    if isinstance(data, Mapping):
+        return str(data.get("display") or data.get("kind") or "")
+    return "" if data is None else str(data)
 
-    desc = str(description).strip()
-    match = _SHAPES_DESC.match(desc)
-    if match:
-        cfg = ShapesConfig(img_size=int(match["size"]), seed=int(match["seed"]))
-        return ShapesSource(cfg, split=match["split"])
-    if desc == "shapes" or re.fullmatch(r"shapes:\d+", desc):
-        return open_source(desc)
-    if desc.startswith("shapes"):
-        return open_source("shapes")
-    match = _IMAGENET_S_DESC.match(desc)
-    root, split = (match["root"], match["split"]) if match else (desc, "validation")
-    if not is_within(root, roots):
+
+def open_data(data: Mapping[str, Any] | str | None, roots: Sequence[Path]) -> Any:
+    """The images a run's ``meta["data"]`` describes (``data.spec.reopen``), read only inside ``roots``.
+
+    ValueError when they are not readable here (no data recorded, a root outside the allowed directories).
+    """
+    spec = as_spec(data)
+    root = spec.get("root")
+    if root is not None and not is_within(root, roots):
         raise ValueError(f"the run's images are in {root}, outside the directories this browser may read; "
                          f"start it with `-- --data {root}` to allow it")
-    return ImageNetSSource(root, split)
-
-
-def class_names(source: Any) -> dict[str, str]:
-    """wnid -> readable class name of a pointing source (the shapes' names; ImageNet-S keeps its wnids)."""
-    from .analysis.sources import ShapesSource
-    from .data.shapes import SHAPE_CLASSES, SHAPE_WNIDS
-
-    if isinstance(source, ShapesSource):
-        return dict(zip(SHAPE_WNIDS, SHAPE_CLASSES, strict=True))
-    return {c: c for c in getattr(source, "categories", [])}
-
-
-# --------------------------------------------------------------------------- attention on demand
-
-
-@dataclass
-class AttentionMaps:
-    """CLS attention of a model on a few images, in the model's crop frame."""
-
-    indices: list[int]
-    names: list[str]
-    labels: list[int]
-    images: np.ndarray  # (N, S, S, 3) in [0, 1]
-    masks: np.ndarray  # (N, S, S) bool: target-class pixels
-    maps: np.ndarray  # (N, L, H, g, g) attention over patch tokens
-    points: np.ndarray  # (N, L, H, 2) argmax point (x, y) in crop pixels
-    hits: np.ndarray  # (N, L, H) bool
-    preds: list[int]
-    confidence: list[float]
-    skipped: dict[int, str]
-    excluded: np.ndarray | None = None  # (N, L, H) bool: point on an ignore pixel under ignore="exclude"
-
-
-def attention_maps(model: Any, source: Any, indices: Sequence[int], tolerance: float = 0.0,
-                   point: str = "center", steps: int | None = None, ignore: str = "miss") -> AttentionMaps:
-    """Run ``model`` on ``source`` images and collect the CLS attention of every step and head.
-
-    Hits follow the scorer's rule (``analysis.pointing.within_tolerance``, TorchRay's strict
-    ``distance < tolerance``; tolerance 0 = inside the mask) in the model's crop frame.
-    """
-    import torch
-
-    from .analysis.pointing import (
-        PointingOptions,
-        attention_points,
-        prepare_image,
-        within_tolerance,
-    )
-    from .data.imagenet_s import SampleError
-
-    cfg = model.config
-    opts = PointingOptions(tolerance=tolerance, point=point, frame="crop", steps=steps, ignore=ignore)
-    preps, skipped = [], {}
-    for i in indices:
-        try:
-            preps.append(prepare_image(int(i), source, cfg, opts))
-        except SampleError as err:
-            skipped[int(i)] = f"{err.reason}: {err.detail}"
-    g, ps, npt = cfg.grid_size, cfg.patch_size, cfg.num_prefix_tokens
-    if not preps:
-        empty = np.zeros((0,))
-        return AttentionMaps([], [], [], empty, empty, empty, empty, empty, [], [], skipped)
-    x = torch.stack([p.tensor for p in preps])
-    with torch.no_grad(), model.capture("attn.cls_pattern", dtype=torch.float32) as cache:
-        feats = model.forward_features(x, steps=steps)
-        logits = model.forward_head(feats)
-    rows = torch.stack([cache["attn.cls_pattern", layer] for layer in cache.layers("attn.cls_pattern")], 1)
-    patch = rows[..., npt:]  # (N, L, H, P)
-    xs, ys, _ = attention_points(patch, g, ps, point)
-    pts = torch.stack([xs, ys], -1).numpy()
-    dist = np.stack([p.distance for p in preps])  # (N, S, S) crop frame
-    px = np.clip(np.floor(pts[..., 0]).astype(int), 0, cfg.img_size - 1)
-    py = np.clip(np.floor(pts[..., 1]).astype(int), 0, cfg.img_size - 1)
-    n_idx = np.arange(len(preps))[:, None, None]
-    hits = within_tolerance(dist[n_idx, py, px], tolerance)
-    excluded = np.zeros_like(hits)
-    if ignore == "exclude":
-        excluded = np.stack([p.ignored for p in preps])[n_idx, py, px]
-        hits &= ~excluded
-    mean, std = np.array(cfg.mean)[:, None, None], np.array(cfg.std)[:, None, None]
-    images = np.stack([np.clip((p.tensor.numpy() * std + mean).transpose(1, 2, 0), 0, 1) for p in preps])
-    probs = torch.softmax(logits.float(), -1)
-    conf, pred = probs.max(-1)
-    return AttentionMaps(
-        indices=[p.index for p in preps], names=[p.name for p in preps], labels=[p.label for p in preps],
-        images=images.astype(np.float32), masks=dist == 0,
-        maps=patch.reshape(*patch.shape[:3], g, g).numpy(), points=pts, hits=hits,
-        preds=pred.tolist(), confidence=conf.tolist(), skipped=skipped, excluded=excluded,
-    )
-
-
-__all__ = [
-    "ANALYSES", "ANALYSIS_BY_KEY", "AnalysisSpec", "AttentionMaps", "Problem", "RunInfo", "attention_maps",
-    "check_meta", "class_names", "file_key", "find_checkpoint", "figures_for", "find_runs", "for_model", "int_values", "is_within",
-    "load_run", "markdown_parts", "model_card", "open_data", "read_meta", "read_table", "runs_for", "spec_for",
-    "step_head_filter", "to_csv_bytes", "UnreadableTableError",
-]
+    return reopen(spec)

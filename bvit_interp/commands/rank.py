@@ -1,4 +1,4 @@
-"""``bvit-interp svd``: weight and CLS-state ranks, truncated-SVD accuracy sweeps, several models in one run.
+"""``bvit-interp rank`` (old name ``svd``): weight and CLS-state ranks, truncated-SVD accuracy sweeps, several models in one run.
 
 Writes ``weight_ranks``, ``cls_ranks`` and ``sweep`` tables (a ``model`` column each),
 ``fig6_rank.png`` and ``fig7_truncation.png`` (one line per model), and ``meta.json``.
@@ -10,8 +10,6 @@ import argparse
 from typing import Any
 
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from ..analysis.rank import (
     ENERGY_THRESHOLD,
@@ -22,6 +20,8 @@ from ..analysis.rank import (
     weight_ranks,
 )
 from ..analysis.rank_plots import rank_figure, truncation_figure
+from ..data.loaders import materialize
+from ..registry import analysis_key
 from .common import (
     add_common_args,
     create_run,
@@ -34,9 +34,6 @@ from .common import (
     with_model,
     write_tables,
 )
-
-# Validation sets up to this size are decoded once and kept as tensors for the repeated sweep passes.
-MATERIALIZE_BYTES = 1 << 30
 
 
 def _ranks(text: str) -> list[int]:
@@ -65,23 +62,13 @@ def _energy(text: str) -> float:
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    add_common_args(p, "runs/svd", default_batch_size=256)
+    add_common_args(p, "runs/rank", default_batch_size=256)
     p.add_argument("--ranks", type=_ranks,
                    help="truncation ranks, e.g. 16,32,64 (default: the paper's 64..768 scaled to each model's width)")
     p.add_argument("--matrices", type=_matrices, default=",".join(SWEEP_MATRICES),
                    help=f"matrices truncated in the sweep, in all blocks ({','.join(WEIGHT_MATRICES)})")
     p.add_argument("--threshold", type=_energy, default=ENERGY_THRESHOLD, help="energy fraction of the energy rank")
     p.add_argument("--amp", action="store_true", help="mixed precision for the sweep's evaluations on CUDA")
-
-
-def materialize(loader: DataLoader) -> DataLoader:
-    """Decode a small validation set once into tensors (the sweep reads it once per rank); large ones stream."""
-    dataset = loader.dataset
-    first = dataset[0][0]
-    if len(dataset) * first.numel() * first.element_size() > MATERIALIZE_BYTES:  # type: ignore[arg-type]
-        return loader
-    images, labels = zip(*((batch[0], batch[1]) for batch in loader), strict=True)
-    return DataLoader(TensorDataset(torch.cat(images), torch.cat(labels)), batch_size=loader.batch_size)
 
 
 def summary(weights: pd.DataFrame, cls: pd.DataFrame, sweep: pd.DataFrame) -> dict[str, Any]:
@@ -107,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = load_models(args, device)
     loaders = [val_loader(args, m.model.config)[0] for m in models]  # data checked before the run exists
-    out = create_run(args, "svd", models, ranks=args.ranks, matrices=args.matrices, threshold=args.threshold,
+    out = create_run(args, analysis_key(__name__), models, ranks=args.ranks, matrices=args.matrices, threshold=args.threshold,
                      batch_size=args.batch_size, amp=args.amp)
     tables: dict[str, list[pd.DataFrame]] = {"weight_ranks": [], "cls_ranks": [], "sweep": []}
     summaries = {}
@@ -126,5 +113,5 @@ def run(args: argparse.Namespace) -> int:
     out.write_figure("fig6_rank", rank_figure(out.read_table("weight_ranks"), out.read_table("cls_ranks")))
     out.write_figure("fig7_truncation", truncation_figure(out.read_table("sweep")))
     out.complete(summary=summaries, device=str(device))
-    print_summary("svd", out, summaries)
+    print_summary(analysis_key(__name__), out, summaries)
     return 0

@@ -25,7 +25,7 @@ def render(ctx: PageContext) -> None:
         with guard("the ablation map"):
             ha = ctx.table("head_ablation")
             modes = sorted(ha["mode"].unique().tolist()) if "mode" in ha else []
-            mode = st.sidebar.selectbox("Ablation", modes, key="ablate_mode",
+            mode = st.sidebar.selectbox("Ablation", modes, key="ablation_mode",
                                         help="zero: the head's output set to 0; mean: to its mean over images")
             sub = ha[ha["mode"] == mode] if mode is not None else ha
             value = "drop" if "drop" in sub else "accuracy"
@@ -43,8 +43,8 @@ def render(ctx: PageContext) -> None:
             chart = charts.step_head_heatmap(sub, value, step, head, f"{mode} ablation: {value} (click a cell)",
                                              domain=(-bound, bound), scheme="redblue", fmt=".2f", reverse=True,
                                              tooltip=("accuracy", "ce_increase"))
-            event = charts.show(chart, on_select="rerun", selection_mode=charts.CELL, key="ablate_heatmap")
-            apply_selection(event, charts.CELL, "_ablate_cell")
+            event = charts.show(chart, on_select="rerun", selection_mode=charts.CELL, key="ablation_heatmap")
+            apply_selection(event, charts.CELL, "_ablation_cell")
             st.caption("Red: accuracy lost when the head is removed at that step; blue: accuracy gained.")
     if ctx.has_table("step_ablation") and step is not None:
         with guard("the step skips"):
@@ -55,6 +55,6 @@ def render(ctx: PageContext) -> None:
     page_footer(ctx)
 
 
-page = analysis_page("ablate")
+page = analysis_page("ablation")
 if page is not None:
     render(page)

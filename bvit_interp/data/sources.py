@@ -1,0 +1,159 @@
+"""Image + segmentation sources for localisation analyses: ImageNet-S folders or the procedural shapes set.
+
+Both give ``PointingItem``s with the image, an int32 class-id mask in ImageNet-S convention
+(0 = other, 1000 = ignore, target id = label + 1) and the target class, or raise
+``SampleError`` for an unusable sample so that callers skip and record it. A source's
+``data`` is its ``meta["data"]`` (``data.spec.describe``), which ``data.spec.reopen`` turns back
+into the same source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from .imagenet_s import ImageNetS, SampleError
+from .shapes import (
+    SHAPE_CLASSES,
+    SHAPE_WNIDS,
+    ShapesConfig,
+    render_sample,
+    sample_label,
+    split_length,
+)
+from .spec import describe
+
+
+@dataclass
+class PointingItem:
+    image: Image.Image
+    mask: np.ndarray | None  # (H, W) int32 class ids; None for images without segmentation (DatasetSource)
+    class_id: int  # id of the target class inside ``mask``
+    label: int  # 0-based class index (the model's output index)
+    wnid: str
+    name: str
+
+
+class PointingSource(Protocol):
+    categories: list[str]
+    description: str  # display string (``data["display"]``)
+    data: dict[str, Any]  # meta["data"]: what ``data.spec.reopen`` opens again
+
+    def __len__(self) -> int: ...
+
+    def name(self, index: int) -> str: ...
+
+    def wnids(self) -> list[str]: ...
+
+    def load(self, index: int) -> PointingItem: ...
+
+
+class ShapesSource:
+    """The shapes validation split rendered in memory (lossless; same ids as its ImageNet-S export)."""
+
+    def __init__(self, config: ShapesConfig | None = None, split: str = "val") -> None:
+        self.config = config or ShapesConfig()
+        self.split = split
+        self.categories = list(SHAPE_WNIDS)
+        self.data = describe("shapes", split=split, shapes=self.config)
+        self.description = self.data["display"]
+
+    def __len__(self) -> int:
+        return split_length(self.config, self.split)
+
+    def name(self, index: int) -> str:
+        return f"shape_{index:06d}"
+
+    def wnids(self) -> list[str]:
+        """Class (wnid) of every image in index order, without rendering any."""
+        return [SHAPE_WNIDS[sample_label(self.config, self.split, i)] for i in range(len(self))]
+
+    def load(self, index: int) -> PointingItem:
+        s = render_sample(self.config, self.split, index)
+        mask = np.where(s.mask, s.label + 1, 0).astype(np.int32)
+        return PointingItem(Image.fromarray(s.image), mask, s.label + 1, s.label, SHAPE_WNIDS[s.label], self.name(index))
+
+
+class ImageNetSSource:
+    """An ImageNet-S root (``validation/`` + ``validation-segmentation/``)."""
+
+    def __init__(self, root: str, split: str = "validation") -> None:
+        self.dataset = ImageNetS(root, split)
+        self.categories = self.dataset.categories
+        self.data = describe(str(root), split=split, segmentation=True)
+        self.description = self.data["display"]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def name(self, index: int) -> str:
+        s = self.dataset.samples[index]
+        return f"{s.wnid}/{s.image_path.name}"
+
+    def wnids(self) -> list[str]:
+        """Class folder (wnid) of every listed image in index order, without loading any."""
+        return [s.wnid for s in self.dataset.samples]
+
+    def load(self, index: int) -> PointingItem:
+        s = self.dataset.samples[index]
+        image, mask = self.dataset.load(index)
+        return PointingItem(image, mask, s.class_id, s.label, s.wnid, self.name(index))
+
+
+class DatasetSource:
+    """The images of an ImageFolder or CIFAR split (``data.spec`` kinds ``imagefolder``, ``cifar*``), without masks."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        from .datasets import build_datasets
+
+        kind, root, split = data["kind"], data["root"], data.get("split", "val")
+        bundle = build_datasets(f"{kind}:{root}" if kind.startswith("cifar") else root, None, None,
+                                require_train=split == "train")
+        self.dataset = bundle.train if split == "train" else bundle.val
+        self.split = split
+        self.categories = list(bundle.classes)
+        self.data = dict(data)
+        self.description = str(data.get("display") or root)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def name(self, index: int) -> str:
+        samples = getattr(self.dataset, "samples", None)
+        if samples is not None:
+            path = Path(samples[index][0])
+            return f"{path.parent.name}/{path.name}"
+        return f"{self.split}_{index:06d}"
+
+    def wnids(self) -> list[str]:
+        """Class of every image in index order, without loading any."""
+        return [self.categories[int(t)] for t in self.dataset.targets]  # type: ignore[attr-defined]
+
+    def load(self, index: int) -> PointingItem:
+        image, label = self.dataset[index]
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(np.asarray(image))
+        return PointingItem(image.convert("RGB"), None, -1, int(label), self.categories[int(label)], self.name(index))
+
+
+def open_source(spec: str) -> PointingSource:
+    """``shapes`` (optionally ``shapes:IMG_SIZE``) or an ImageNet-S root directory."""
+    if spec == "shapes" or spec.startswith("shapes:"):
+        size = int(spec.split(":", 1)[1]) if ":" in spec else 32
+        return ShapesSource(ShapesConfig(img_size=size))
+    return ImageNetSSource(spec)
+
+
+def class_names(source: PointingSource) -> dict[str, str]:
+    """wnid -> readable class name of a source (the shapes' names; ImageNet-S keeps its wnids)."""
+    if isinstance(source, ShapesSource):
+        return dict(zip(SHAPE_WNIDS, SHAPE_CLASSES, strict=True))
+    return {c: c for c in getattr(source, "categories", [])}
+
+
+__all__ = ["DatasetSource", "ImageNetSSource", "PointingItem", "PointingSource", "SampleError", "ShapesSource", "class_names",
+           "open_source"]
