@@ -1,4 +1,5 @@
-# bvit-interp: `make demo` runs the analyses on the bundled default; `make test` runs the suite.
+# bvit-interp: `make demo` serves the results browser and fills it live with every analysis on the
+# bundled default (laptop profile); `make test` runs the suite.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # torch/torchvision pinned to the builds available offline on the project machines.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv install test lint demo demo-quick bench clean
+.PHONY: venv install test lint demo demo-full demo-quick bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,14 +25,18 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-# small image counts and short schedules, no server (CI, a first look); its own root so a
-# later full `make demo` does not keep the quick runs
-demo-quick: $(VENV)/.installed
-	$(VENV)/bin/bvit-interp demo --quick --out runs/demo-quick
-
+# the browser first, then every analysis behind it, cheapest first (laptop profile: minutes on
+# 2 cores); Ctrl-C stops everything, a rerun keeps finished runs and resumes the rest
 demo: $(VENV)/.installed
-	$(VENV)/bin/bvit-interp demo --out runs/demo
-	$(VENV)/bin/streamlit run app/main.py --server.address 127.0.0.1 -- --runs runs/demo
+	$(VENV)/bin/bvit-interp demo --serve --profile laptop --out runs/demo
+
+# the README's sizes (about two hours on 2 cores), served the same way
+demo-full: $(VENV)/.installed
+	$(VENV)/bin/bvit-interp demo --serve --profile full --out runs/demo-full
+
+# the laptop profile without a server (CI, scripts)
+demo-quick: $(VENV)/.installed
+	$(VENV)/bin/bvit-interp demo --profile laptop --out runs/demo-quick
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/bvit-interp bench hooks

@@ -1,11 +1,11 @@
 """Regenerate the README's figures and tables from a `bvit-interp demo` run.
 
-Runs ``bvit-interp demo --out RUNS`` first (finished analyses are kept, so a second call is
+Runs ``bvit-interp demo --profile full --out RUNS`` first (finished analyses are kept, so a second call is
 cheap), then copies the figures the README shows into ``docs/figures/`` and writes the
 README's measured tables to ``docs/figures/tables.md``. Nothing here computes a result: every
 number comes from the run directories the commands wrote.
 
-    python scripts/readme_figures.py [--runs runs/demo] [--out docs/figures] [--no-demo]
+    python scripts/readme_figures.py [--runs runs/demo-full] [--out docs/figures] [--no-demo]
 """
 
 from __future__ import annotations
@@ -112,12 +112,12 @@ TABLES: list[tuple[str, str, Callable[[Run], pd.DataFrame]]] = [
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="runs/demo", help="root of the demo run (default: runs/demo)")
+    parser.add_argument("--runs", default="runs/demo-full", help="root of the full demo run")
     parser.add_argument("--out", default="docs/figures", help="where the README's figures and tables.md go")
     parser.add_argument("--no-demo", action="store_true", help="do not run `bvit-interp demo`; use the runs as they are")
     args = parser.parse_args()
     runs, out = Path(args.runs), Path(args.out)
-    if not args.no_demo and cli_main(["demo", "--out", str(runs)]) != 0:
+    if not args.no_demo and cli_main(["demo", "--profile", "full", "--out", str(runs)]) != 0:
         print("warning: some demo analyses failed; copying what exists", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     missing = []

@@ -392,3 +392,56 @@ def test_truncated_table_shows_an_error_naming_the_file(roots: Roots, monkeypatc
     errors = texts(at.error)
     assert errors and all(f"{table}.parquet" in e for e in errors), errors
     assert texts(at.title) == [TITLES[page]] and "Tables" in texts(at.subheader)
+
+
+# --------------------------------------------------------------------------- live demo state (issue 17)
+
+def test_page_moves_from_running_to_done_and_a_failure_shows_its_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, roots: Roots) -> None:
+    """A page whose analysis the demo is running shows the progress, then the run once it completes;
+    a failed analysis shows its error on its own page while the others render."""
+    import time
+
+    from bvit_interp.runs.plan import DemoPlan, PlanEntry
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    plan = DemoPlan("laptop", entries=[
+        PlanEntry("lens", "Readout (lens)", ["lens"], state="running", progress=0.4, detail="readout 120/300",
+                  started_at=time.time() - 5),
+        PlanEntry("ablation", "Ablation", ["ablation"], state="failed", error="bvit-interp ablation: error: boom"),
+        PlanEntry("rank", "Rank (SVD)", ["rank"], state="queued", estimate_s=42.0),
+    ])
+    plan.save(runs)
+    at = open_app(monkeypatch, runs, roots.models, "lens")
+    assert not at.exception, texts(at.exception)
+    assert texts(at.title) == ["Readout (lens)"]
+    bars = at.get("progress")
+    assert bars and "readout 120/300" in str(bars[0].proto.text) and "Running" in str(bars[0].proto.text)
+    assert not at.dataframe, "no run to show yet"
+
+    at.switch_page("views/rank.py").run()
+    assert any("Queued" in t and "42 s" in t for t in texts(at.info)), texts(at.info)
+
+    at.switch_page("views/ablation.py").run()
+    assert any("Failed" in t and "error: boom" in t for t in texts(at.error)), texts(at.error)
+
+    # the demo finishes the lens run: the same page now shows it
+    source = roots.runs / "lens"
+    import shutil
+
+    shutil.copytree(source, runs / "lens")
+    plan.entries[0].state, plan.entries[0].finished_at = "done", time.time()
+    plan.save(runs)
+    from lib import data as app_data
+
+    app_data.list_runs.clear()  # what the page's refresh fragment does when it sees the state change
+    at.switch_page("views/lens.py").run()
+    assert not at.exception, texts(at.exception)
+    assert not at.get("progress")
+    assert at.get("arrow_vega_lite_chart") or at.dataframe, "the finished run's results are shown"
+
+    at.switch_page("views/overview.py").run()
+    frames = [e.value for e in at.dataframe]
+    demo = next(f for f in frames if "state" in f.columns and "order" in f.columns)
+    assert demo["state"].tolist() == ["done", "failed", "queued"]

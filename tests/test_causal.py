@@ -38,8 +38,8 @@ from bvit_interp.analysis.causal import (
 )
 from bvit_interp.analysis.causal.dla import decompose
 from bvit_interp.analysis.causal.probes import colour_bin, control_labels, quadrant
+from bvit_interp.analysis.sources import ShapesSource
 from bvit_interp.data.shapes import ShapesConfig
-from bvit_interp.data.sources import ShapesSource
 from bvit_interp.model.patching import run_patched
 
 SHAPES = ShapesConfig(img_size=16, supersample=2, num_val=40)

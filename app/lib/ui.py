@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from bvit_interp.registry import AnalysisSpec, get_analysis
+from bvit_interp.runs.plan import ACTIVE, DemoPlan, PlanEntry
 
 from . import data
 from .config import AppConfig, get_config
@@ -166,12 +167,61 @@ def current_page() -> str:
     return str(st.session_state.get(PAGE_KEY, ""))
 
 
+# --------------------------------------------------------------------------- live demo state
+
+LIVE_REFRESH_S = 2.0  # how often a page whose analysis is queued or running looks for news
+
+
+def demo_entry(cfg: AppConfig, key: str) -> tuple[DemoPlan | None, PlanEntry | None]:
+    """The demo plan under the runs root and this analysis's entry in it (None when no demo wrote one)."""
+    plan = DemoPlan.load(cfg.runs)
+    return plan, plan.entry(key) if plan else None
+
+
+def live_state(cfg: AppConfig, spec: AnalysisSpec) -> PlanEntry | None:
+    """Show this analysis's state in the demo (queued / running / failed) and refresh the page when it changes."""
+    plan, entry = demo_entry(cfg, spec.key)
+    if plan is None or entry is None:
+        return None
+    if entry.state == "queued":
+        ahead = [e.title for e in plan.entries[: plan.entries.index(entry)] if e.state in ACTIVE]
+        when = f" (about {entry.estimate_s:.0f} s last time)" if entry.estimate_s else ""
+        st.info(f"**Queued** in the demo{when}: it runs after {', '.join(ahead) or 'nothing'}. "
+                "This page fills in by itself when the run finishes.", icon=":material/schedule:")
+    elif entry.state == "failed":
+        st.error(f"**Failed** in the demo: {entry.error or 'no reason recorded'}"
+                 + (f" (full output: `{entry.log}`)" if entry.log else ""), icon=":material/error:")
+    elif entry.state == "interrupted":
+        st.warning("**Interrupted**: run `make demo` (or `bvit-interp demo --serve`) again to resume it.",
+                   icon=":material/pause_circle:")
+    if entry.state in ACTIVE:
+        _watch(str(cfg.runs), spec.key, entry.state)
+    return entry
+
+
+@st.fragment(run_every=LIVE_REFRESH_S)
+def _watch(runs_root: str, key: str, shown_state: str) -> None:
+    """Progress of a running analysis; reruns the whole page once its state moves on."""
+    plan = DemoPlan.load(runs_root)
+    entry = plan.entry(key) if plan else None
+    if entry is None or entry.state != shown_state:
+        data.list_runs.clear()  # the finished run must show at once, not after the listing's cache expires
+        st.rerun(scope="app")
+    if entry.state == "running":
+        secs = f"{entry.seconds:.0f} s" if entry.seconds is not None else ""
+        text = f"**Running** in the demo for {secs}" + (f": {entry.detail}" if entry.detail else "")
+        st.progress(min(1.0, max(0.0, entry.progress or 0.0)), text=text)
+
+
 def analysis_page(key: str) -> PageContext | None:
     """Title, run picker, problems and model picker of an analysis page; None when there is nothing to show."""
     spec = get_analysis(key)
     cfg = get_config()
     st.title(spec.title)
     st.caption(about(spec))
+    entry = live_state(cfg, spec)
+    if entry is not None and entry.state in ACTIVE and not _has_complete_run(cfg, spec):
+        return None  # nothing finished to show yet; the state above refreshes the page
     with guard("the runs root"):
         if not cfg.runs.is_dir():
             st.info(f"The runs root `{cfg.runs}` does not exist yet. Make a {spec.title.lower()} run with the "
@@ -198,6 +248,13 @@ def analysis_page(key: str) -> PageContext | None:
         _run_caption(run, model)
         return PageContext(cfg, spec, run, model)
     return None
+
+
+def _has_complete_run(cfg: AppConfig, spec: AnalysisSpec) -> bool:
+    """Whether the runs root already holds a finished run of this analysis."""
+    if not cfg.runs.is_dir():
+        return False
+    return any(r.complete for r in runs_for(data.list_runs(str(cfg.runs)), spec))
 
 
 def _run_caption(run: RunInfo, model: str | None) -> None:

@@ -9,13 +9,32 @@ import streamlit as st
 from lib import data
 from lib.config import get_config
 from lib.runs import data_label, markdown_parts, model_card, runs_for
-from lib.ui import about, command_for, guard
+from lib.ui import LIVE_REFRESH_S, about, command_for, guard
 
 from bvit_interp.registry import analyses
+from bvit_interp.runs.plan import ACTIVE, DemoPlan
 
 cfg = get_config()
 st.title("bvit-interp results")
 st.caption(f"Runs root `{cfg.runs}` · models directory `{cfg.models}`")
+
+
+@st.fragment(run_every=LIVE_REFRESH_S)
+def demo_plan() -> None:
+    """The demo's plan with live states and times (refreshes itself while analyses are queued or running)."""
+    plan = DemoPlan.load(cfg.runs)
+    if plan is None:
+        return
+    st.header("Demo")
+    active = [e for e in plan.entries if e.state in ACTIVE]
+    done = sum(e.state in ("done", "kept") for e in plan.entries)
+    st.caption(f"`bvit-interp demo` ({plan.profile} profile): {done} of {len(plan.entries)} analyses finished"
+               + (f"; running now: {', '.join(e.title for e in active if e.state == 'running')}" if active else ""))
+    st.dataframe(pd.DataFrame(plan.table()), hide_index=True,
+                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100)})
+
+
+demo_plan()
 
 st.header("Models")
 with guard("the model card"):

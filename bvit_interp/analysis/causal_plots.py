@@ -12,6 +12,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .causal.activation import ALL_HEADS
 from .causal.pairs import ALL
@@ -168,6 +169,7 @@ def plot_probe_curves(probes: pd.DataFrame, title: str = "") -> Figure:
         top.set_title(task, fontsize=10)
         bottom.axhline(0, color="0.5", lw=0.8)
         bottom.set_xlabel("step (bViT) / block (ViT)")
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("test accuracy")
     axes[1][0].set_ylabel("selectivity (acc - control)")
     axes[0][-1].legend(fontsize=7)

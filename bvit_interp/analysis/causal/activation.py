@@ -102,6 +102,7 @@ class PatchingOptions:
             raise ValueError("max_batch must be >= 1")
 
     def to_dict(self) -> dict[str, object]:
+        """Plain dict of the options (run metadata)."""
         return asdict(self)
 
 
@@ -157,6 +158,7 @@ def _cells(model: BViT, sites: tuple[str, ...], per_head: bool, groups: dict[str
 
 
 def _patch(site: str, layer: int, source: torch.Tensor, head: int, mask: torch.Tensor | None) -> GroupPatch:
+    """One cell's patch (head ALL_HEADS: every head; mask None: every token)."""
     return GroupPatch(site, layer, source, head=None if head == ALL_HEADS else head, token_mask=mask)
 
 

@@ -82,6 +82,7 @@ class AttributionOptions:
             raise ValueError("choose at least one site")
 
     def to_dict(self) -> dict[str, object]:
+        """Plain dict of the options (run metadata)."""
         return asdict(self)
 
     def patching(self, **overrides: object) -> PatchingOptions:

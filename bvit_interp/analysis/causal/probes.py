@@ -65,6 +65,7 @@ class ProbeOptions:
             raise ValueError(f"test_size must be in (0, 1), got {self.test_size}")
 
     def to_dict(self) -> dict[str, object]:
+        """Plain dict of the options (run metadata)."""
         return asdict(self)
 
 
