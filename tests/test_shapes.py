@@ -232,3 +232,28 @@ def test_counterfactual_labels_cover_the_other_classes() -> None:
     pairs = [(sample_label(cfg, "val", i), counterfactual_label(cfg, "val", i)) for i in range(500)]
     assert all(a != b for a, b in pairs)
     assert {b for a, b in pairs if a == 0} == set(range(1, len(SHAPE_CLASSES)))
+
+
+def test_class_set_b_is_a_separate_task_with_exact_masks() -> None:
+    """Issue 18's embedded transfer target: six new classes from the same generator, with masks."""
+    from bvit_interp.data.datasets import build_datasets
+    from bvit_interp.data.shapes import SHAPE_CLASSES, SHAPE_CLASSES_B, class_names
+
+    cfg = ShapesConfig.preset(2, classes="b")
+    assert class_names(cfg) == SHAPE_CLASSES_B and not set(SHAPE_CLASSES_B) & set(SHAPE_CLASSES)
+    labels = [render_sample(cfg, "val", i).label for i in range(24)]
+    assert labels == [i % 6 for i in range(24)]
+    for i in range(12):
+        s = render_sample(cfg, "val", i)
+        without = render_sample(cfg, "val", i, draw_object=False)
+        changed = np.any(s.image != without.image, axis=-1)
+        assert s.mask.any() and not (s.mask & ~changed).any(), "the mask lies on drawn pixels"
+    # every class draws something different from every other at the same pose
+    masks = [render_sample(cfg, "val", 0, label=k).mask for k in range(6)]
+    for a in range(6):
+        for b in range(a + 1, 6):
+            assert (masks[a] != masks[b]).mean() > 0.005, (SHAPE_CLASSES_B[a], SHAPE_CLASSES_B[b])
+    bundle = build_datasets("shapes-b", None, None, ShapesConfig.preset(2))
+    assert bundle.classes == list(SHAPE_CLASSES_B) and bundle.val[0][1] == 0
+    with pytest.raises(ValueError, match="class set"):
+        ShapesConfig(classes="z")

@@ -1,6 +1,7 @@
 """Dataset specs for training and evaluation: ``shapes``, a torchvision ImageFolder root, or CIFAR.
 
-A spec is a string: ``shapes`` (the procedural default), ``cifar10:ROOT`` / ``cifar100:ROOT``
+A spec is a string: ``shapes`` (the procedural default), ``shapes-b`` (the same generator with
+six other shape classes: the embedded transfer target), ``cifar10:ROOT`` / ``cifar100:ROOT``
 (a local torchvision-format copy; nothing is downloaded) or a path to an ImageFolder root
 holding ``train/`` and ``val/`` class folders.
 """
@@ -15,8 +16,9 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from .shapes import SHAPE_CLASSES, ShapesConfig, ShapesDataset, render_sample
+from .shapes import ShapesConfig, ShapesDataset, class_names, render_sample
 
+SHAPES_SPECS = ("shapes", "shapes-b")  # the procedural sets: the bundled models' task and the transfer target
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 
@@ -99,7 +101,7 @@ class FreshShapes(Dataset):
         self.curriculum_epochs = curriculum_epochs
         self.epoch = 0
         self.active = config
-        self.classes = list(SHAPE_CLASSES)
+        self.classes = list(class_names(config))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -141,12 +143,14 @@ def build_datasets(
     ``require_train=False`` accepts an ImageFolder root with only a validation split
     (``val/`` or ``validation/``, e.g. ImageNet-S); the bundle's ``train`` is then None.
     """
-    if spec == "shapes":
+    if spec in SHAPES_SPECS:
         cfg = shapes_config or ShapesConfig()
+        if spec == "shapes-b":  # the transfer target: the same generator with six other classes
+            cfg = dataclasses.replace(cfg, classes="b")
         return DataBundle(
             FreshShapes(cfg, train_transform, curriculum_epochs),
             ShapesDataset("val", cfg, transform=eval_transform),
-            list(SHAPE_CLASSES),
+            list(class_names(cfg)),
             spec,
         )
     if spec.startswith(("cifar10:", "cifar100:")):
@@ -163,7 +167,7 @@ def build_datasets(
     root = Path(spec)
     if not root.exists():
         raise DataSpecError(
-            f"unknown dataset {spec!r}: use 'shapes', 'cifar10:ROOT', 'cifar100:ROOT' or an ImageFolder root"
+            f"unknown dataset {spec!r}: use 'shapes', 'shapes-b', 'cifar10:ROOT', 'cifar100:ROOT' or an ImageFolder root"
         )
     from torchvision.datasets import ImageFolder
 

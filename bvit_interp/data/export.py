@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write
 from .imagenet_s import encode_mask
-from .shapes import SHAPE_CLASSES, SHAPE_WNIDS, ShapesConfig, render_sample, split_length
+from .shapes import ShapesConfig, class_names, class_wnids, render_sample, split_length
 
 FORMATS = ("imagenet-s", "imagefolder")
 # Shapes split -> ImageNet-S folder name (train images with masks are "train-semi" there).
@@ -85,17 +85,18 @@ def export_shapes(
     out = Path(out_dir)
     _prepare_out_dir(out, force)
 
-    num_classes = len(SHAPE_CLASSES)
+    names, wnids = class_names(config), class_wnids(config)
+    num_classes = len(names)
     if fmt == "imagenet-s":
         folder = IMAGENET_S_FOLDERS[split]
         folders = [folder, f"{folder}-segmentation"]
-        for wnid in SHAPE_WNIDS:
+        for wnid in wnids:
             (out / folder / wnid).mkdir(parents=True, exist_ok=True)
             (out / f"{folder}-segmentation" / wnid).mkdir(parents=True, exist_ok=True)
     else:
         folder = split
         folders = [folder]
-        for name in SHAPE_CLASSES:
+        for name in names:
             (out / folder / name).mkdir(parents=True, exist_ok=True)
 
     per_class = [0] * num_classes
@@ -108,7 +109,7 @@ def export_shapes(
         img = Image.fromarray(s.image)
         stem = f"shape_{idx:06d}"
         if fmt == "imagenet-s":
-            wnid = SHAPE_WNIDS[s.label]
+            wnid = wnids[s.label]
             rel = f"{wnid}/{stem}.JPEG"
             _save_image(img, out / folder / rel, "JPEG", quality=95, subsampling=0)
             ids = np.where(s.mask, s.label + 1, 0).astype(np.int32)
@@ -116,11 +117,11 @@ def export_shapes(
             _save_image(mask_img, out / f"{folder}-segmentation" / wnid / f"{stem}.png", "PNG")
             listed.append(rel)
         else:
-            _save_image(img, out / folder / SHAPE_CLASSES[s.label] / f"{stem}.png", "PNG")
+            _save_image(img, out / folder / names[s.label] / f"{stem}.png", "PNG")
 
     if fmt == "imagenet-s":
         _write_text(
-            out / f"ImageNetS_categories_im{num_classes}.txt", "\n".join(SHAPE_WNIDS) + "\n"
+            out / f"ImageNetS_categories_im{num_classes}.txt", "\n".join(wnids) + "\n"
         )
         _write_text(out / f"ImageNetS_im{num_classes}_{folder}.txt", "\n".join(listed) + "\n")
     meta = {
@@ -128,10 +129,10 @@ def export_shapes(
         "split": split,
         "folders": folders,
         "count": count,
-        "per_class": dict(zip(SHAPE_CLASSES, per_class, strict=True)),
-        "classes": list(SHAPE_CLASSES),
-        "wnids": list(SHAPE_WNIDS),
-        "class_ids": {w: i + 1 for i, w in enumerate(SHAPE_WNIDS)},
+        "per_class": dict(zip(names, per_class, strict=True)),
+        "classes": list(names),
+        "wnids": list(wnids),
+        "class_ids": {w: i + 1 for i, w in enumerate(wnids)},
         "mask_fraction_mean": float(np.mean(fractions)),
         "config": config.to_dict(),
     }

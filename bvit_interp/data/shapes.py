@@ -48,6 +48,14 @@ SHAPE_CLASSES: tuple[str, ...] = (
     "star",
 )
 SHAPE_WNIDS: tuple[str, ...] = tuple(f"n99{i:06d}" for i in range(len(SHAPE_CLASSES)))
+# Task "b" (the transfer target of issue 18): six other shapes the bundled models never saw,
+# drawn by the same generator (same scenes, clutter and masks), distinct at v2's sizes.
+SHAPE_CLASSES_B: tuple[str, ...] = ("hexagon", "diamond", "arrow", "crescent", "tee", "bowtie")
+SHAPE_WNIDS_B: tuple[str, ...] = tuple(f"n98{i:06d}" for i in range(len(SHAPE_CLASSES_B)))
+CLASS_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "a": (SHAPE_CLASSES, SHAPE_WNIDS),
+    "b": (SHAPE_CLASSES_B, SHAPE_WNIDS_B),
+}
 SPLITS: dict[str, int] = {"train": 0, "val": 1}
 
 # Every shape fits in a circle of EXTENT * radius around its centre (see _object_polygons).
@@ -61,6 +69,7 @@ class ShapesConfig:
     """Everything that determines the shapes dataset; sizes are fractions of ``img_size``."""
 
     version: int = 1  # 1: the original 32 px set; 2: small objects anywhere (see SHAPES_VERSIONS)
+    classes: str = "a"  # class set: "a" the ten bundled-model classes, "b" six others (transfer target)
     img_size: int = 32
     num_train: int = 50_000  # length of one training "epoch"
     num_val: int = 2_000
@@ -85,6 +94,8 @@ class ShapesConfig:
         """Validate ranges early so that a bad config fails before any rendering."""
         if self.version not in SHAPES_VERSIONS:
             raise ValueError(f"unknown shapes version {self.version}; known: {sorted(SHAPES_VERSIONS)}")
+        if self.classes not in CLASS_SETS:
+            raise ValueError(f"unknown shapes class set {self.classes!r}; known: {sorted(CLASS_SETS)}")
         if self.img_size < 8:
             raise ValueError(f"img_size must be >= 8, got {self.img_size}")
         if self.supersample < 1:
@@ -179,6 +190,16 @@ class ShapeSample:
     coverage: np.ndarray | None = None  # (H, W) uint8: the object's antialiased coverage, 0..255
 
 
+def class_names(config: ShapesConfig) -> tuple[str, ...]:
+    """The class names of the config's class set (label i is ``class_names(config)[i]``)."""
+    return CLASS_SETS[config.classes][0]
+
+
+def class_wnids(config: ShapesConfig) -> tuple[str, ...]:
+    """The ImageNet-S-style folder names of the config's classes."""
+    return CLASS_SETS[config.classes][1]
+
+
 def split_length(config: ShapesConfig, split: str) -> int:
     """Number of samples of a split (train: one epoch)."""
     _split_id(split)
@@ -205,9 +226,10 @@ def sample_rng(config: ShapesConfig, split: str, index: int) -> np.random.Genera
 def sample_label(config: ShapesConfig, split: str, index: int) -> int:
     """Label of a sample without rendering it (train: first rng draw; val: balanced)."""
     rng = sample_rng(config, split, index)
+    n_cls = len(class_names(config))
     if split == "train":
-        return int(rng.integers(len(SHAPE_CLASSES)))
-    return int(index % len(SHAPE_CLASSES))
+        return int(rng.integers(n_cls))
+    return int(index % n_cls)
 
 
 def _contrast_colour(rng: np.random.Generator, bg_luma: float, min_contrast: float) -> np.ndarray:
@@ -244,7 +266,7 @@ def _rotate(points: np.ndarray, theta: float, cx: float, cy: float) -> list[tupl
 
 def _draw_object(
     draw: ImageDraw.ImageDraw,
-    label: int,
+    name: str,
     cx: float,
     cy: float,
     r: float,
@@ -252,11 +274,10 @@ def _draw_object(
     stroke: float,
     bar: float,
 ) -> None:
-    """Draw the coverage (255 inside, 0 for holes) of shape ``label`` on an "L" canvas.
+    """Draw the coverage (255 inside, 0 for holes) of shape ``name`` on an "L" canvas.
 
     All shapes fit within a circle of ``_EXTENT * r`` around (cx, cy).
     """
-    name = SHAPE_CLASSES[label]
     if name in ("disk", "ring"):
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
         if name == "ring":
@@ -298,7 +319,36 @@ def _draw_object(
         rad = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
         pts = np.stack([np.cos(ang) * rad, np.sin(ang) * rad], axis=1)
         draw.polygon(_rotate(pts, theta, cx, cy), fill=255)
-    else:  # pragma: no cover - SHAPE_CLASSES and this function are edited together
+    elif name == "hexagon":
+        ang = np.deg2rad(60.0 * np.arange(6))
+        pts = np.stack([np.cos(ang) * r, np.sin(ang) * r], axis=1)
+        draw.polygon(_rotate(pts, theta, cx, cy), fill=255)
+    elif name == "diamond":  # a rhombus, taller than wide
+        pts = np.array([(0.0, -r), (0.6 * r, 0.0), (0.0, r), (-0.6 * r, 0.0)])
+        draw.polygon(_rotate(pts, theta, cx, cy), fill=255)
+    elif name == "arrow":  # pointing right: shaft + head
+        t = bar / 2.0
+        pts = np.array([(-r, -t), (0.1 * r, -t), (0.1 * r, -0.7 * r), (r, 0.0), (0.1 * r, 0.7 * r),
+                        (0.1 * r, t), (-r, t)])
+        draw.polygon(_rotate(pts, theta, cx, cy), fill=255)
+    elif name == "crescent":  # a disk minus a shifted disk
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+        ox, oy = 0.45 * r * math.cos(theta), 0.45 * r * math.sin(theta)
+        ri = 0.85 * r
+        draw.ellipse((cx + ox - ri, cy + oy - ri, cx + ox + ri, cy + oy + ri), fill=0)
+    elif name == "tee":
+        t = bar / 2.0
+        a = 0.8 * r
+        for rect in (((-a, -a), (a, -a + 2 * t)), ((-t, -a), (t, a))):
+            (x0, y0), (x1, y1) = rect
+            pts = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+            draw.polygon(_rotate(pts, theta, cx, cy), fill=255)
+    elif name == "bowtie":  # two triangles meeting at the centre
+        a = 0.85 * r
+        for sign in (-1.0, 1.0):
+            pts = np.array([(0.0, 0.0), (sign * a, -a), (sign * a, a)])
+            draw.polygon(_rotate(pts, theta, cx, cy), fill=255)
+    else:  # pragma: no cover - CLASS_SETS and this function are edited together
         raise AssertionError(name)
 
 
@@ -347,7 +397,8 @@ def render_sample(
     is the same, only the drawn shape changes. Both give exact counterfactuals.
     """
     rng = sample_rng(config, split, index)
-    n_cls = len(SHAPE_CLASSES)
+    names = class_names(config)
+    n_cls = len(names)
     drawn = int(rng.integers(n_cls)) if split == "train" else int(index % n_cls)
     if label is None:
         label = drawn
@@ -361,7 +412,7 @@ def render_sample(
 
     # Object geometry first, so that blobs can keep clear of the object.
     r = rng.uniform(*config.radius_range) * scale
-    name = SHAPE_CLASSES[label]
+    name = names[label]
     max_rot = config.max_rotation * (0.5 if name in ("plus", "cross") else 1.0)
     theta = math.radians(rng.uniform(-max_rot, max_rot))
     margin = _EXTENT * r + ss
@@ -425,7 +476,7 @@ def render_sample(
     cover = Image.new("L", (big, big), 0)
     _draw_object(
         ImageDraw.Draw(cover),
-        label,
+        name,
         cx,
         cy,
         r,
@@ -491,8 +542,9 @@ class CounterfactualPair:
 def counterfactual_label(config: ShapesConfig, split: str, index: int) -> int:
     """The other class of sample ``index``'s "class" counterfactual: uniform over the other nine, seeded."""
     clean = sample_label(config, split, index)
+    n_cls = len(class_names(config))
     rng = np.random.default_rng([config.seed, _split_id(split), int(index), 1])
-    return int((clean + 1 + rng.integers(len(SHAPE_CLASSES) - 1)) % len(SHAPE_CLASSES))
+    return int((clean + 1 + rng.integers(n_cls - 1)) % n_cls)
 
 
 def render_counterfactual(config: ShapesConfig, split: str, index: int, kind: str = "class") -> CounterfactualPair:
@@ -536,8 +588,8 @@ class ShapesDataset(Dataset):
         self.config = config if config is not None else ShapesConfig()
         self.transform = transform
         self.return_mask = return_mask
-        self.classes: list[str] = list(SHAPE_CLASSES)
-        self.wnids: list[str] = list(SHAPE_WNIDS)
+        self.classes: list[str] = list(class_names(self.config))
+        self.wnids: list[str] = list(class_wnids(self.config))
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         self._targets: list[int] | None = None
 

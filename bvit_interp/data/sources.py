@@ -18,13 +18,13 @@ from PIL import Image
 
 from .imagenet_s import ImageNetS, SampleError
 from .shapes import (
-    SHAPE_CLASSES,
-    SHAPE_WNIDS,
     ShapesConfig,
+    class_wnids,
     render_sample,
     sample_label,
     split_length,
 )
+from .shapes import class_names as shape_class_names
 from .spec import describe
 
 
@@ -58,7 +58,8 @@ class ShapesSource:
     def __init__(self, config: ShapesConfig | None = None, split: str = "val") -> None:
         self.config = config or ShapesConfig()
         self.split = split
-        self.categories = list(SHAPE_WNIDS)
+        self.wnid_list = class_wnids(self.config)
+        self.categories = list(self.wnid_list)
         self.data = describe("shapes", split=split, shapes=self.config)
         self.description = self.data["display"]
 
@@ -70,12 +71,12 @@ class ShapesSource:
 
     def wnids(self) -> list[str]:
         """Class (wnid) of every image in index order, without rendering any."""
-        return [SHAPE_WNIDS[sample_label(self.config, self.split, i)] for i in range(len(self))]
+        return [self.wnid_list[sample_label(self.config, self.split, i)] for i in range(len(self))]
 
     def load(self, index: int) -> PointingItem:
         s = render_sample(self.config, self.split, index)
         mask = np.where(s.mask, s.label + 1, 0).astype(np.int32)
-        return PointingItem(Image.fromarray(s.image), mask, s.label + 1, s.label, SHAPE_WNIDS[s.label], self.name(index))
+        return PointingItem(Image.fromarray(s.image), mask, s.label + 1, s.label, self.wnid_list[s.label], self.name(index))
 
 
 class ImageNetSSource:
@@ -141,17 +142,18 @@ class DatasetSource:
 
 
 def open_source(spec: str) -> PointingSource:
-    """``shapes`` (optionally ``shapes:IMG_SIZE``) or an ImageNet-S root directory."""
-    if spec == "shapes" or spec.startswith("shapes:"):
-        size = int(spec.split(":", 1)[1]) if ":" in spec else 32
-        return ShapesSource(ShapesConfig(img_size=size))
+    """``shapes`` / ``shapes-b`` (optionally ``:IMG_SIZE``) or an ImageNet-S root directory."""
+    base, _, size = spec.partition(":")
+    if base in ("shapes", "shapes-b"):
+        config = ShapesConfig(img_size=int(size) if size else 32, classes="b" if base == "shapes-b" else "a")
+        return ShapesSource(config)
     return ImageNetSSource(spec)
 
 
 def class_names(source: PointingSource) -> dict[str, str]:
     """wnid -> readable class name of a source (the shapes' names; ImageNet-S keeps its wnids)."""
     if isinstance(source, ShapesSource):
-        return dict(zip(SHAPE_WNIDS, SHAPE_CLASSES, strict=True))
+        return dict(zip(class_wnids(source.config), shape_class_names(source.config), strict=True))
     return {c: c for c in getattr(source, "categories", [])}
 
 
