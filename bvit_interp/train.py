@@ -228,7 +228,19 @@ def _build(cfg: TrainConfig) -> tuple[BViT, ShapesConfig | None]:
         img = cfg.shapes_img_size or base.img_size
         shapes_cfg = ShapesConfig.preset(cfg.shapes_version, img_size=img, num_train=cfg.shapes_train_size)
         overrides.setdefault("num_classes", 10)
+        # the data travels with the model: analyses on `shapes` reopen this version (shapes_for_model)
+        overrides["extra"] = {**base.extra, "shapes": {"version": shapes_cfg.version, "classes": shapes_cfg.classes}}
     return build_model(cfg.model, **overrides), shapes_cfg
+
+
+def _same_architecture(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """Config keys that differ between a train state and this run (the data record in ``extra`` aside)."""
+    def strip(d: dict[str, Any]) -> dict[str, Any]:
+        extra = {k: v for k, v in (d.get("extra") or {}).items() if k != "shapes"}
+        return {**d, "extra": extra}
+
+    a, b = strip(saved), strip(config)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
@@ -327,8 +339,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     start_epoch, iteration, history = 0, 0, []
     if cfg.resume:
         state = TrainState.load(out)
-        if state["model_config"] != model.config.to_dict():
-            diff = sorted(k for k, v in model.config.to_dict().items() if state["model_config"].get(k) != v)
+        diff = _same_architecture(state["model_config"], model.config.to_dict())
+        if diff:
             raise ValueError(f"--resume: {out} was trained with another model config (differs in {diff})")
         load_state_dict_checked(model, state["model"], str(out / TrainState.FILE))
         if aux is not None:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Subset
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bvit_interp.data.shapes import ShapesDataset  # noqa: E402
+from bvit_interp.data.shapes import ShapesConfig, ShapesDataset, shapes_for_model  # noqa: E402
 from bvit_interp.data.transforms import eval_transform  # noqa: E402
 from bvit_interp.evaluation import evaluate_accuracy  # noqa: E402
 from bvit_interp.model import load_model, save_model  # noqa: E402
@@ -30,16 +30,21 @@ SUBSET = 500
 
 
 def accuracy(model, n: int | None) -> float:
-    ds = ShapesDataset("val", transform=eval_transform(model.config))
+    ds = ShapesDataset("val", shapes_for_model(model.config), transform=eval_transform(model.config))
     if n is not None:
         ds = Subset(ds, range(n))
     return evaluate_accuracy(model, DataLoader(ds, batch_size=250))[0]
 
 
-def bundle(run: Path, out_dir: Path) -> dict:
-    name = run.name
+def bundle(run: Path, out_dir: Path, name: str | None = None) -> dict:
+    name = name or run.name
     src = load_model(run / "model")
     info = json.loads((run / "model.json").read_text())
+    trained_on = (info["metadata"].get("training") or {}).get("shapes")
+    if trained_on and "shapes" not in src.config.extra:  # runs started before configs recorded their data
+        shapes = ShapesConfig.from_dict(trained_on)
+        src.config = src.config.replace(extra={**src.config.extra,
+                                               "shapes": {"version": shapes.version, "classes": shapes.classes}})
     dtype = torch.float16 if sum(p.numel() for p in src.parameters()) > 1_000_000 else None
     save_model(src, out_dir / name, metadata=info["metadata"], dtype=dtype)
     model = load_model(out_dir / name)  # measure what is shipped
@@ -63,9 +68,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="training run directories (runs/train/<name>)")
     parser.add_argument("--out", type=Path, default=ROOT / "models", help="models directory")
+    parser.add_argument("--name", action="append", help="bundled name of each run (default: the run's folder name)")
     args = parser.parse_args()
-    for run in args.runs:
-        bundle(run, args.out)
+    names = args.name or [None] * len(args.runs)
+    if len(names) != len(args.runs):
+        parser.error("give one --name per run")
+    for run, name in zip(args.runs, names, strict=True):
+        bundle(run, args.out, name)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -79,7 +80,15 @@ def run(args: argparse.Namespace) -> int:
         if len(set(labels)) != len(labels):
             raise ValueError(f"--model names must differ in their file stem, got {labels}")
         models = {label: resolve_model(spec, device=str(device)) for label, spec in zip(labels, specs, strict=True)}
-        source = open_source(args.data) if args.data.startswith("shapes") else open_source_split(args.data, args.split)
+        if args.data.startswith("shapes"):
+            sources = {label: open_source(args.data, m.config) for label, m in models.items()}
+            configs = {json.dumps(s.config.to_dict(), sort_keys=True) for s in sources.values()}
+            if len(configs) > 1:
+                raise ValueError(f"--model: {labels} were trained on different shapes data (version or image size); "
+                                 "score them in separate runs")
+            source = next(iter(sources.values()))
+        else:
+            source = open_source_split(args.data, args.split)
         options = PointingOptions(args.tolerance, args.tie, args.point, args.frame, args.average, args.max_steps,
                                   args.ignore)
         amp = device.type == "cuda" and not args.no_amp

@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from ..model import BViTConfig
-from .datasets import ImageNetLabels, build_datasets
+from .datasets import SHAPES_SPECS, ImageNetLabels, build_datasets
+from .shapes import shapes_for_model
 from .transforms import eval_transform
 
 # Validation sets up to this size are decoded once and kept as tensors by ``materialize``.
@@ -68,7 +69,8 @@ def data_loader(
     ImageNet-S subset) gets ImageNet-1k label indices, not the folders' sorted positions.
     """
     tf = eval_transform(config)
-    bundle = build_datasets(data, tf, tf, require_train=split == "train")
+    shapes = shapes_for_model(config) if data in SHAPES_SPECS else None
+    bundle = build_datasets(data, tf, tf, shapes, require_train=split == "train")
     if len(bundle.classes) > config.num_classes:
         raise ValueError(
             f"--data {data} has {len(bundle.classes)} classes but model {config.name!r} predicts {config.num_classes}"

@@ -190,6 +190,19 @@ class ShapeSample:
     coverage: np.ndarray | None = None  # (H, W) uint8: the object's antialiased coverage, 0..255
 
 
+def shapes_for_model(model_config: Any, classes: str | None = None, **overrides: Any) -> ShapesConfig:
+    """The shapes data a model was trained on, at its input size.
+
+    Training on shapes records ``{"version", "classes"}`` in the model config's ``extra["shapes"]``;
+    a model without that record (the first bundled models) gets ``DEFAULT_SHAPES_VERSION``.
+    ``classes`` picks another class set of the same data (``"b"``: the transfer target).
+    """
+    record = dict(getattr(model_config, "extra", {}) or {}).get("shapes") or {}
+    version = int(record.get("version", DEFAULT_SHAPES_VERSION))
+    chosen = classes or record.get("classes", "a")
+    return ShapesConfig.preset(version, img_size=int(model_config.img_size), classes=chosen, **overrides)
+
+
 def class_names(config: ShapesConfig) -> tuple[str, ...]:
     """The class names of the config's class set (label i is ``class_names(config)[i]``)."""
     return CLASS_SETS[config.classes][0]

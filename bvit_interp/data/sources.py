@@ -9,6 +9,7 @@ into the same source.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from .shapes import (
     class_wnids,
     render_sample,
     sample_label,
+    shapes_for_model,
     split_length,
 )
 from .shapes import class_names as shape_class_names
@@ -141,11 +143,20 @@ class DatasetSource:
         return PointingItem(image.convert("RGB"), None, -1, int(label), self.categories[int(label)], self.name(index))
 
 
-def open_source(spec: str) -> PointingSource:
-    """``shapes`` / ``shapes-b`` (optionally ``:IMG_SIZE``) or an ImageNet-S root directory."""
+def open_source(spec: str, model_config: Any = None) -> PointingSource:
+    """``shapes`` / ``shapes-b`` (optionally ``:IMG_SIZE``) or an ImageNet-S root directory.
+
+    With ``model_config`` the shapes data is the one that model was trained on (``shapes_for_model``).
+    """
     base, _, size = spec.partition(":")
     if base in ("shapes", "shapes-b"):
-        config = ShapesConfig(img_size=int(size) if size else 32, classes="b" if base == "shapes-b" else "a")
+        classes = "b" if base == "shapes-b" else None
+        if model_config is not None:
+            config = shapes_for_model(model_config, classes=classes)
+            if size:
+                config = dataclasses.replace(config, img_size=int(size))
+        else:
+            config = ShapesConfig(img_size=int(size) if size else 32, classes=classes or "a")
         return ShapesSource(config)
     return ImageNetSSource(spec)
 

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.datasets import build_datasets
-from ..data.shapes import ShapesConfig
+from ..data.shapes import shapes_for_model
 from ..data.transforms import eval_transform, train_transform
 from ..evaluation import evaluate_accuracy
 from ..model import BViT, build_model, get_config
@@ -221,7 +221,7 @@ def build_model_and_data(cfg: PruneConfig) -> tuple[BViT, PruneData]:
             base = base.replace(num_classes=10)
         torch.manual_seed(phase_seed(cfg.seed, 0, "init"))
         model = build_model(base)
-    shapes = ShapesConfig(img_size=base.img_size, num_train=cfg.shapes_train_size) if cfg.data == "shapes" else None
+    shapes = shapes_for_model(base, num_train=cfg.shapes_train_size) if cfg.data == "shapes" else None
     tcfg = cfg.train_config()
     train_tf = train_transform(base, tcfg.crop_scale, tcfg.crop_ratio, tcfg.hflip, tcfg.rand_augment, tcfg.reprob)
     eval_tf = eval_transform(base)
