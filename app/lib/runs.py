@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from bvit_interp.data.spec import as_spec, reopen
+from bvit_interp.data.sources import reopen
+from bvit_interp.data.spec import as_spec
 from bvit_interp.registry import AnalysisSpec, find_analysis
 from bvit_interp.runs import RESULTS_FORMAT
 
@@ -367,7 +368,7 @@ def data_label(data: Any) -> str:
 
 
 def open_data(data: Mapping[str, Any] | str | None, roots: Sequence[Path]) -> Any:
-    """The images a run's ``meta["data"]`` describes (``data.spec.reopen``), read only inside ``roots``.
+    """The images a run's ``meta["data"]`` describes (``data.sources.reopen``), read only inside ``roots``.
 
     ValueError when they are not readable here (no data recorded, a root outside the allowed directories).
     """

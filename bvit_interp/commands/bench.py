@@ -8,8 +8,8 @@ import platform
 import pandas as pd
 import torch
 
-from ..analysis.sources import ShapesSource
 from ..benchmarks import RandomSource, bench_hooks, bench_pointing, bench_train, bench_train_loop
+from ..data.sources import open_source
 from ..defaults import DEFAULT_MODEL, model_path, resolve_model
 from ..distributed import DistInfo, resolve_device
 from ..model import build_model
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(pd.DataFrame(bench_hooks(model, args.batch_size, args.repeats, device)).to_string(index=False, float_format="%.3f"))
     elif args.bench == "pointing-game":
         label, model = _bundled_or_random()
-        rows = [dict(r, model=label) for r in bench_pointing(model, ShapesSource(), args.images, args.batch_size, args.repeats, device, args.workers)]
+        rows = [dict(r, model=label) for r in bench_pointing(model, open_source("shapes", model.config), args.images, args.batch_size, args.repeats, device, args.workers)]
         if args.images_224:
             big = build_model("bvit_b")
             rows += [dict(r, model="bvit_b 224px (random)") for r in bench_pointing(

@@ -3,13 +3,14 @@
 Both give ``PointingItem``s with the image, an int32 class-id mask in ImageNet-S convention
 (0 = other, 1000 = ignore, target id = label + 1) and the target class, or raise
 ``SampleError`` for an unusable sample so that callers skip and record it. A source's
-``data`` is its ``meta["data"]`` (``data.spec.describe``), which ``data.spec.reopen`` turns back
+``data`` is its ``meta["data"]`` (``data.spec.describe``), which ``data.sources.reopen`` turns back
 into the same source.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from .shapes import (
     split_length,
 )
 from .shapes import class_names as shape_class_names
-from .spec import describe
+from .spec import as_spec, describe
 
 
 @dataclass
@@ -43,7 +44,7 @@ class PointingItem:
 class PointingSource(Protocol):
     categories: list[str]
     description: str  # display string (``data["display"]``)
-    data: dict[str, Any]  # meta["data"]: what ``data.spec.reopen`` opens again
+    data: dict[str, Any]  # meta["data"]: what ``data.sources.reopen`` opens again
 
     def __len__(self) -> int: ...
 
@@ -161,6 +162,21 @@ def open_source(spec: str, model_config: Any = None) -> PointingSource:
     return ImageNetSSource(spec)
 
 
+def reopen(data: Mapping[str, Any] | str | None) -> PointingSource:
+    """The images ``meta["data"]`` describes, as a source (``__len__``, ``name(i)``, ``load(i)``, ``categories``).
+
+    Shapes and ImageNet-S give their masks (``ShapesSource`` / ``ImageNetSSource``, what the
+    pointing game reads); an ImageFolder or CIFAR split gives its images with ``mask`` None.
+    """
+    spec = as_spec(data)
+    kind = spec["kind"]
+    if kind == "shapes":
+        return ShapesSource(ShapesConfig.from_dict(spec.get("config") or {}), spec.get("split", "val"))
+    if kind == "imagenet-s":
+        return ImageNetSSource(spec["root"], spec.get("split", "validation"))
+    return DatasetSource(spec)
+
+
 def class_names(source: PointingSource) -> dict[str, str]:
     """wnid -> readable class name of a source (the shapes' names; ImageNet-S keeps its wnids)."""
     if isinstance(source, ShapesSource):
@@ -169,4 +185,4 @@ def class_names(source: PointingSource) -> dict[str, str]:
 
 
 __all__ = ["DatasetSource", "ImageNetSSource", "PointingItem", "PointingSource", "SampleError", "ShapesSource", "class_names",
-           "open_source"]
+           "open_source", "reopen"]

@@ -20,12 +20,9 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .shapes import ShapesConfig
-
-if TYPE_CHECKING:
-    from .sources import PointingSource
 
 KINDS = ("shapes", "imagenet-s", "imagefolder", "cifar10", "cifar100")
 _CIFAR = ("cifar10:", "cifar100:")
@@ -102,21 +99,4 @@ def as_spec(data: Mapping[str, Any] | str | None) -> dict[str, Any]:
     return describe(desc)
 
 
-def reopen(data: Mapping[str, Any] | str | None) -> PointingSource:
-    """The images ``meta["data"]`` describes, as a source (``__len__``, ``name(i)``, ``load(i)``, ``categories``).
-
-    Shapes and ImageNet-S give their masks (``ShapesSource`` / ``ImageNetSSource``, what the
-    pointing game reads); an ImageFolder or CIFAR split gives its images with ``mask`` None.
-    """
-    from .sources import DatasetSource, ImageNetSSource, ShapesSource
-
-    spec = as_spec(data)
-    kind = spec["kind"]
-    if kind == "shapes":
-        return ShapesSource(ShapesConfig.from_dict(spec.get("config") or {}), spec.get("split", "val"))
-    if kind == "imagenet-s":
-        return ImageNetSSource(spec["root"], spec.get("split", "validation"))
-    return DatasetSource(spec)
-
-
-__all__ = ["KINDS", "as_spec", "describe", "reopen"]
+__all__ = ["KINDS", "as_spec", "describe"]

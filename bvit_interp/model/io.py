@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,19 @@ from .bvit import BViT
 from .config import BViTConfig, get_config
 
 FORMAT_VERSION = 1
+
+SaveExtension = Callable[[BViT, Path, str], None]  # (model, weights path, weights sha256)
+LoadExtension = Callable[[BViT, Path], None]  # (model, weights path)
+# State that other packages keep beside a checkpoint (the pruning package's step masks): they
+# register a (save, load) pair here, so this layer imports nothing above it.
+# bvit_interp/__init__.py imports those packages, so the pairs are there whenever a model loads.
+CHECKPOINT_EXTENSIONS: list[tuple[SaveExtension, LoadExtension]] = []
+
+
+def register_checkpoint_extension(save: SaveExtension, load: LoadExtension) -> None:
+    """Save / load extra state beside every checkpoint (called once by the package that owns it)."""
+    if (save, load) not in CHECKPOINT_EXTENSIONS:
+        CHECKPOINT_EXTENSIONS.append((save, load))
 
 
 def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -68,9 +82,8 @@ def save_model(
         "metadata": metadata or {},
     }
     atomic_write(config_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
-    from ..pruning.masked import save_attached_masks  # lazy: the pruning package builds on this one
-
-    save_attached_masks(model, weights, doc["weights_sha256"])
+    for save, _ in CHECKPOINT_EXTENSIONS:
+        save(model, weights, doc["weights_sha256"])
     return weights
 
 
@@ -137,8 +150,7 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
     load_state_dict_checked(model, state, str(weights))
     model.checkpoint_path = str(weights)
     model.checkpoint_sha256 = digest
-    from ..pruning.masked import load_attached_masks
-
-    load_attached_masks(model, weights)
+    for _, load in CHECKPOINT_EXTENSIONS:
+        load(model, weights)
     model.eval()
     return model

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..model.bvit import BViT
 from ..model.hooks import make_key, parse_name
+from ..model.io import register_checkpoint_extension
 from .masks import StepMasks, maskable_layers
 
 _STATE_ATTR = "_step_masks"
@@ -244,3 +245,6 @@ def load_attached_masks(model: BViT, weights: str | os.PathLike[str]) -> None:
     if expected and model.checkpoint_sha256 and expected != model.checkpoint_sha256:
         raise ValueError(f"{path} was saved with other weights than {weights}; remove it or save the model again")
     attach_masks(model, masks)
+
+
+register_checkpoint_extension(save_attached_masks, load_attached_masks)

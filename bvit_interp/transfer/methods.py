@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from torch import nn
+
 from ..model import BViT
 from .lora import LORA_ALPHA, LORA_DROPOUT, LORA_RANK, add_lora_ffn, add_lora_qv, lora_layers
 
@@ -47,12 +49,23 @@ def _freeze_backbone(model: BViT) -> None:
     model.requires_grad_(False)
 
 
+def classifiers(model: BViT) -> list[nn.Module]:
+    """The new heads a method trains: ``head``, and ``head_dist`` on a -dist model (DeiT averages the two)."""
+    dist = getattr(model, "head_dist", None)
+    return [model.get_classifier(), *([dist] if isinstance(dist, nn.Module) else [])]
+
+
+def _train_heads(model: BViT) -> None:
+    for head in classifiers(model):
+        head.requires_grad_(True)
+
+
 def linear_probe(model: BViT, num_classes: int | None = None) -> BViT:
     """Frozen backbone, new trainable head."""
     _fresh(model, "linear_probe")
     reset_head(model, num_classes)
     _freeze_backbone(model)
-    model.head.requires_grad_(True)
+    _train_heads(model)
     return model
 
 
@@ -76,7 +89,7 @@ def lora_qv(
     reset_head(model, num_classes)
     _freeze_backbone(model)
     add_lora_qv(model, rank=rank, alpha=alpha, dropout=dropout)
-    model.head.requires_grad_(True)
+    _train_heads(model)
     return model
 
 
@@ -92,7 +105,7 @@ def lora_ffn(
     reset_head(model, num_classes)
     _freeze_backbone(model)
     add_lora_ffn(model, rank=rank, alpha=alpha, dropout=dropout)
-    model.head.requires_grad_(True)
+    _train_heads(model)
     return model
 
 
@@ -107,7 +120,7 @@ def time_embedding_tuning(model: BViT, num_classes: int | None = None) -> BViT:
     reset_head(model, num_classes)
     _freeze_backbone(model)
     model.time_embed.requires_grad_(True)
-    model.head.requires_grad_(True)
+    _train_heads(model)
     return model
 
 
@@ -136,11 +149,11 @@ def prepare(model: BViT, method: str, num_classes: int | None = None, **options:
 
 
 def head_parameters(model: BViT) -> int:
-    """Parameters of the classifier head (weight + bias)."""
-    return sum(p.numel() for p in model.get_classifier().parameters())
+    """Parameters of the classifier head (weight + bias; both heads of a -dist model)."""
+    return sum(p.numel() for head in classifiers(model) for p in head.parameters())
 
 
 def trainable_parameters(model: BViT, exclude_head: bool = True) -> int:
     """Number of trainable parameters (shared tensors once); Table 4 counts them without the head."""
-    head = {id(p) for p in model.get_classifier().parameters()} if exclude_head else set()
+    head = {id(p) for h in classifiers(model) for p in h.parameters()} if exclude_head else set()
     return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in head)

@@ -165,8 +165,11 @@ def _patch(site: str, layer: int, source: torch.Tensor, head: int, mask: torch.T
 @torch.no_grad()
 def activation_patching(
     model: BViT, pairs: PairBatch, options: PatchingOptions = PatchingOptions(), runs: PairRuns | None = None,
+    progress: Callable[[], object] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-pair table, summary) of patching every (direction, site, step, head, group) cell.
+
+    ``progress`` (optional) is called once per finished (direction, layer): a progress bar's tick.
 
     per-pair: direction, site, step (1-based), head (-1: the whole site), group, pair, ld (the
     patched run's logit difference), recovered (normalised; NaN when the pair's gap < min_gap).
@@ -204,6 +207,8 @@ def activation_patching(
                 "ld": lds.cpu().numpy().reshape(-1),
                 "recovered": rec.cpu().numpy().reshape(-1),
             }))
+            if progress is not None:
+                progress()
     per_pair = pd.concat(frames, ignore_index=True)
     summary = summarise(per_pair, KEYS, runs, options.n_boot, options.ci, options.seed)
     return per_pair, summary

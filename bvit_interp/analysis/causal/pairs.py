@@ -211,6 +211,63 @@ def noise_pairs(
     return _stack(rows, f"noise_{region}", skipped)
 
 
+@dataclass
+class MaskedImages:
+    """Single images with their object masks and labels as model inputs (what the probes read)."""
+
+    images: torch.Tensor  # (N, 3, H, W) model inputs
+    masks: torch.Tensor  # (N, H, W) bool: the target object in the input frame
+    labels: torch.Tensor  # (N,) long
+    names: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason) of items left out
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def masked_inputs(source: PointingSource, indices: Iterable[int], config: BViTConfig,
+                  label_map: Sequence[int] | None = None) -> MaskedImages:
+    """The source's images ``indices`` with target masks in the model's crop; items without a usable mask are skipped.
+
+    ``label_map`` maps the source's labels to the model's class indices (e.g. ImageNet-S folders to
+    ImageNet-1k); ValueError when no item is usable.
+    """
+    xs, ms, labels, names = [], [], [], []
+    skipped: list[tuple[str, str]] = []
+    for i in indices:
+        try:
+            item = source.load(int(i))
+        except SampleError as err:
+            skipped.append((source.name(int(i)), err.reason))
+            continue
+        if item.mask is None:
+            skipped.append((item.name, "no_mask"))
+            continue
+        x, (mask,) = _prepare(item.image, [item.mask == item.class_id], config)
+        if not mask.any():
+            skipped.append((item.name, "target_outside_view"))
+            continue
+        xs.append(x)
+        ms.append(mask)
+        labels.append(int(item.label) if label_map is None else int(label_map[item.label]))
+        names.append(item.name)
+    if not xs:
+        reasons = sorted({r for _, r in skipped})
+        raise ValueError(f"no usable images with object masks ({len(skipped)} skipped: {', '.join(reasons) or 'none given'})")
+    return MaskedImages(torch.stack(xs), torch.stack(ms), torch.tensor(labels, dtype=torch.long), names, skipped)
+
+
+def relabel(pairs: PairBatch, label_map: Sequence[int]) -> PairBatch:
+    """The pairs with their labels mapped to the model's class indices (``NO_CLASS`` kept)."""
+    table = torch.as_tensor(list(label_map), dtype=torch.long)
+
+    def mapped(labels: torch.Tensor) -> torch.Tensor:
+        known = labels != NO_CLASS
+        return torch.where(known, table[labels.clamp(min=0).cpu()].to(labels.device), labels)
+
+    return replace(pairs, clean_label=mapped(pairs.clean_label), corrupted_label=mapped(pairs.corrupted_label))
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     """A pairs file as a DataFrame (CSV or parquet by suffix)."""
     if not path.is_file():
@@ -341,5 +398,6 @@ def token_groups(config: BViTConfig, mask: torch.Tensor, min_overlap: float = DE
     return groups
 
 
-__all__ = ["ALL", "DEFAULT_MIN_OVERLAP", "GROUPS", "NOISE_REGIONS", "NO_CLASS", "PairBatch", "counterfactual_pairs",
-           "file_pairs", "group_names", "noise_pairs", "patch_overlap", "token_groups"]
+__all__ = ["ALL", "DEFAULT_MIN_OVERLAP", "GROUPS", "NOISE_REGIONS", "NO_CLASS", "MaskedImages", "PairBatch",
+           "counterfactual_pairs", "file_pairs", "group_names", "masked_inputs", "noise_pairs", "patch_overlap", "relabel",
+           "token_groups"]
