@@ -155,6 +155,17 @@ def _pruning(quick: bool) -> Callable[[Path, Sequence[str]], list[str]]:
     return lambda root, models: ["--preset", "quick", "--init-from", models[0], *(["--rounds", "1"] if quick else [])]
 
 
+def _transfer(quick: bool) -> Callable[[Path, Sequence[str]], list[str]]:
+    # quick: the bViT / ViT pair, the four methods that apply, one seed, a few minutes on 2 CPU cores;
+    # full: bvit_tiny_te too (time-embedding tuning), three seeds, a larger budget
+    def args(root: Path, models: Sequence[str]) -> list[str]:
+        te = [] if quick else _flags("--model", [m for m in models if m == "bvit_tiny_te"])
+        budget = (["--train-limit", "512", "--val-limit", "256", "--epochs", "2", "--seeds", "1"] if quick else
+                  ["--train-limit", "2000", "--val-limit", "1000", "--epochs", "8", "--seeds", "3"])
+        return [*_pair(models), *te, "--data", "shapes-b", *budget]
+    return args
+
+
 for _spec in (
     AnalysisSpec(
         "rank", "Rank (SVD)", "App. A.2",
@@ -198,6 +209,19 @@ for _spec in (
         # the module keeps its old file name until the run-layer work on it is merged
         "bvit_interp.commands.pruning", quick=_pruning(True), full=_pruning(False), cost=8,
         aliases=("prune",), icon=":material/content_cut:", example=("--preset", "quick")),
+    AnalysisSpec(
+        "causal", "Causal (patching, DLA, probes)", "",
+        "activation patching on counterfactual pairs, direct logit attribution, attribution patching and probes "
+        "per step and head",
+        "bvit_interp.commands.causal", quick=_demo("--probe-limit", "300", limit="8"),
+        full=_demo("--probe-limit", "1000", "--ig-steps", "8", limit="64"), cost=9,
+        icon=":material/science:", example=("--limit", "8")),
+    AnalysisSpec(
+        "transfer", "Transfer", "Sec. 4.3, Table 4, App. H",
+        "transfer to new targets: linear probe, fine-tuning, LoRA QV / FFN and time-embedding tuning",
+        "bvit_interp.commands.transfer", quick=_transfer(True), full=_transfer(False), cost=100,
+        icon=":material/swap_horiz:",
+        example=("--train-limit", "512", "--val-limit", "256", "--epochs", "2", "--seeds", "1")),
 ):
     register_analysis(_spec)
 del _spec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..transfer.methods import METHOD_LABELS, METHODS
 from .figures import subplots
@@ -31,8 +32,6 @@ def plot_accuracy_vs_params(summary: pd.DataFrame) -> Figure:
             for row in mine.itertuples(index=False):
                 ax.errorbar(row.trainable_params, 100 * row.accuracy_mean, yerr=100 * row.accuracy_std,
                             fmt=MARKERS.get(row.method, "o"), color=f"C{i}", ms=7, capsize=3, mec="black", mew=0.5)
-            ordered = mine.sort_values("trainable_params")
-            ax.plot(ordered["trainable_params"], 100 * ordered["accuracy_mean"], color=f"C{i}", lw=0.8, alpha=0.4)
         ax.set_xscale("symlog", linthresh=100)
         ax.set_xlabel("trainable parameters (head excluded)")
         ax.set_ylabel("top-1 accuracy (%)")
@@ -63,6 +62,7 @@ def plot_histories(history: pd.DataFrame, value: str = "val_accuracy") -> Figure
                 ax.plot(curve["epoch"], curve[value], marker=MARKERS[method], ms=4, label=METHOD_LABELS[method])
             ax.set_title(f"{model} · {dataset}" if dataset else model, fontsize=9)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         axes[r][0].set_ylabel(value.replace("_", " "))
     axes[0][-1].legend(frameon=False, fontsize=7)

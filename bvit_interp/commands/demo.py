@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -98,17 +99,20 @@ def start_server(root: Path, port: int, headless: bool, log: Path) -> tuple[subp
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=APP_MAIN.parent.parent)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the results browser exited ({proc.returncode}); see {log}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.terminate()
-    raise RuntimeError(f"the results browser did not answer within 120 s; see {log}")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the results browser exited ({proc.returncode}); see {log}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        return proc, url
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"the results browser did not answer within 120 s; see {log}")
+    except BaseException:  # also Ctrl-C while waiting: never leave the server behind
+        _stop(proc)
+        raise
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, grace: float = 15.0) -> None:
@@ -143,11 +147,15 @@ def run_analysis(entry: PlanEntry, demo: DemoPlan, root: Path, force: bool) -> s
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
     try:
         lines, pending = _follow(proc, entry, demo, root, log)
-    except KeyboardInterrupt:  # the child got the terminal's Ctrl-C too: let it leave a resumable run
+    except KeyboardInterrupt:  # a terminal's Ctrl-C reached the child too; a SIGTERM did not: pass it on
         try:
-            proc.wait(30)
+            proc.wait(5)
         except subprocess.TimeoutExpired:
-            _stop(proc)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                _stop(proc)
         raise
     code = proc.wait()
     entry.finished_at = time.time()
@@ -187,8 +195,14 @@ def _follow(proc: subprocess.Popen[bytes], entry: PlanEntry, demo: DemoPlan, roo
     return lines, pending
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the demo like Ctrl-C: the analysis leaves a resumable run, the server stops."""
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     profile = "laptop" if args.quick else args.profile
+    signal.signal(signal.SIGTERM, _interrupt)
     only = set()
     for name in args.only or []:
         spec = find_analysis(name)

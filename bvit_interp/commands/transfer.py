@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 
 from ..registry import analysis_key
@@ -21,7 +21,14 @@ from ..transfer.targets import (
     source_label,
     transform_key,
 )
-from .common import LoadedModel, add_common_args, model_specs, nonneg_int, positive_int, resolve_device
+from .common import (
+    LoadedModel,
+    add_common_args,
+    model_specs,
+    nonneg_int,
+    positive_int,
+    resolve_device,
+)
 
 DEFAULT_SEEDS = 3  # App. H: three seeds, mean and std
 
@@ -137,24 +144,22 @@ def run(args: argparse.Namespace) -> int:
     seeds = [args.seed + i for i in range(args.seeds)]
     options = TransferOptions(train_limit=args.train_limit, val_limit=args.val_limit, batch_size=args.batch_size,
                               subset_seed=args.seed, amp=args.amp)
-    explicit = args.methods is not None
     for row in skipped.itertuples(index=False):
-        if explicit or row.method != "time_embedding_tuning" or True:
-            print(f"transfer: note: {row.method} skipped for {row.model}: {row.reason}", file=sys.stderr)
+        print(f"transfer: note: {row.method} skipped for {row.model}: {row.reason}", file=sys.stderr)
     meta_options = {"models": model_specs(args), "data": data_specs, "methods": methods, "seeds": seeds,
-                    "schedule": json.loads(json.dumps(schedule.__dict__, default=list)), **options.to_dict()}
+                    "schedule": dataclasses.asdict(schedule), **options.to_dict()}
     data = first[0].describe() if len(first) == 1 else {
         "kind": "targets", "spec": data_specs, "targets": [t.describe() for t in first],
         "display": "; ".join(t.describe()["display"] for t in first)}
     meta = {"analysis": analysis_key(__name__), "models": [m.meta() for m in models], "data": data,
             "options": meta_options, "seed": args.seed}
-    out = Run.create(args.out, meta, force=args.force)
     cells = plan_cells(pairs, [t.name for t in first], seeds)
-    tables = run_transfer(out, {m.label: m.model for m in models}, targets, cells, schedule, options, device,
-                          args.workers, progress=args.progress, log=lambda text: print(text, file=sys.stderr))
-    summary = write_transfer(out, tables, skipped)
-    out.complete(summary={"cells": len(cells), "kept": tables.kept, "trained": tables.trained,
-                          "skipped": skipped.to_dict("records")})
+    with Run.create(args.out, meta, force=args.force) as out:  # an interrupted run releases its lock, stays resumable
+        tables = run_transfer(out, {m.label: m.model for m in models}, targets, cells, schedule, options, device,
+                              args.workers, progress=args.progress, log=lambda text: print(text, file=sys.stderr))
+        summary = write_transfer(out, tables, skipped)
+        out.complete(summary={"cells": len(cells), "kept": tables.kept, "trained": tables.trained,
+                              "skipped": skipped.to_dict("records")})
     print(f"transfer: wrote {out.path} ({tables.trained} cells trained, {tables.kept} kept from before)")
     print(markdown_table(table4(summary).drop(columns=["trainable_params"])))
     return 0

@@ -7,6 +7,7 @@ cells back and trains only the others; ``write_transfer`` then writes the run's 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -119,7 +120,7 @@ def run_transfer(
         histories.append(history)
         bar.update(1)
         if log is not None:
-            log(f"{cell.model} {cell.dataset} {cell.method} seed {cell.seed}: accuracy {result.row['accuracy']:.4f} "
+            _write(log, progress, f"{cell.model} {cell.dataset} {cell.method} seed {cell.seed}: accuracy {result.row['accuracy']:.4f} "
                 f"({result.row['trainable_params']:,} trainable parameters, {result.row['seconds']:.0f} s)")
     bar.close()
     results = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -144,6 +145,17 @@ def write_transfer(run: Run, tables: TransferTables, skipped: pd.DataFrame | Non
     run.write_figure("accuracy_vs_params", plot_accuracy_vs_params(summary))
     run.write_figure("histories", plot_histories(tables.history))
     return summary
+
+
+def _write(log: Callable[[str], None], progress: bool, text: str) -> None:
+    """``log(text)`` without tearing the progress bars."""
+    if not progress:
+        log(text)
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm.external_write_mode(file=sys.stderr):
+        log(text)
 
 
 class _NoBar:

@@ -25,8 +25,20 @@ import torch
 
 from ...model import BViT
 from ...model.patching import HEAD_SITES
-from .activation import DEFAULT_SITES, DIRECTIONS, KEYS, PatchingOptions, activation_patching, check_sites
-from .attribution import AttributionOptions, attribution_patching, captum_attribution, rank_correlation
+from .activation import (
+    DEFAULT_SITES,
+    DIRECTIONS,
+    KEYS,
+    PatchingOptions,
+    activation_patching,
+    check_sites,
+)
+from .attribution import (
+    AttributionOptions,
+    attribution_patching,
+    captum_attribution,
+    rank_correlation,
+)
 from .dla import direct_effects, direct_logit_attribution
 from .metric import DEFAULT_MIN_GAP, PairRuns, summarise
 from .pairs import MaskedImages, PairBatch
@@ -105,8 +117,10 @@ def check_options(model: BViT, options: CausalOptions) -> None:
 
 
 def pair_table(pairs: PairBatch, runs: PairRuns) -> pd.DataFrame:
-    """One row per pair: names, labels, the contrasted classes and both runs' logit differences."""
-    return pairs.table().merge(runs.table(), on="pair")
+    """One row per pair: names, labels, the contrasted classes, both runs' logit differences, clean_correct."""
+    table = pairs.table().merge(runs.table(), on="pair")
+    table["clean_correct"] = (runs.clean_logits.argmax(-1) == runs.right).cpu().numpy()
+    return table
 
 
 def skipped_table(skipped: list[tuple[str, str]], what: str) -> pd.DataFrame:
