@@ -40,6 +40,13 @@ from .train_losses import DistillationLoss, RelativeLocalizationLoss, distillati
 AMP_DTYPE = torch.bfloat16  # CUDA autocast: bf16 has fp32's range, so no gradient scaler is needed
 
 
+def amp_enabled(amp: bool | str, device: torch.device) -> bool:
+    """Whether training autocasts to ``AMP_DTYPE``: on CUDA when ``amp``; anywhere with ``"always"``."""
+    if amp == "always":
+        return True
+    return bool(amp) and device.type == "cuda"
+
+
 class _Trainable(torch.nn.Module):
     """The model plus training-only heads: forward returns (logits, auxiliary loss or None).
 
@@ -144,7 +151,7 @@ class TrainConfig:
     val_limit: int | None = None
     workers: int = 0
     device: str = "auto"
-    amp: bool = True
+    amp: bool | str = True  # bf16 autocast on CUDA; "always" also on CPU (tests of the CUDA branch's logic)
     seed: int = 0
     resume: bool = False
     force: bool = False
@@ -250,7 +257,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
 
     out = Path(cfg.out)
     device = resolve_device(cfg.device, info)
-    amp = cfg.amp and device.type == "cuda"
+    amp = amp_enabled(cfg.amp, device)
     torch.manual_seed(cfg.seed + info.rank)
     if cfg.pos_embed not in ("learned", "sincos"):
         raise ValueError(f"--pos-embed must be 'learned' or 'sincos', got {cfg.pos_embed!r}")
