@@ -15,3 +15,4 @@ run hooks        "$BIN/bvit-interp" bench hooks --repeats 3
 run featviz      "$BIN/python" benchmarks/bench_featviz.py
 run svd          "$BIN/python" benchmarks/bench_svd.py
 run dynamics     "$BIN/python" benchmarks/bench_dynamics.py
+run causal       "$BIN/python" benchmarks/bench_causal.py --ig-steps 8

@@ -169,6 +169,25 @@ def make_minimal_runs(root: Path) -> None:
     run.write_figure("grid", _figure("grid"))
     run.complete()
 
+    run = _run(root, "transfer", "transfer")
+    methods = ["linear_probe", "full_finetune", "lora_qv", "lora_ffn"]
+    results = pd.DataFrame([{"model": "bvit_t", "dataset": "shapes-b", "method": m, "label": m, "seed": seed,
+                             "trainable_params": 1000 * i, "accuracy": 0.3 + 0.05 * i + 0.01 * seed}
+                            for i, m in enumerate(methods) for seed in (0, 1)])
+    from bvit_interp.transfer import summarize_transfer
+    from bvit_interp.transfer.report import table4
+
+    summary = summarize_transfer(results)
+    run.write_table("results", results)
+    run.write_table("summary", summary)
+    run.write_table("table4", table4(summary))
+    run.write_table("history", pd.DataFrame(
+        [{"model": "bvit_t", "dataset": "shapes-b", "method": m, "seed": seed, "epoch": e, "lr": 1e-3,
+          "train_loss": 1.0 / e, "train_accuracy": 0.2 * e, "val_accuracy": 0.15 * e, "seconds": float(e)}
+         for m in methods for seed in (0, 1) for e in (1, 2)]))
+    run.write_figure("accuracy_vs_params", _figure("transfer"))
+    run.complete()
+
 
 def build_roots(base: Path) -> Roots:
     """A real pointing run, minimal runs of the other analyses, and the empty / broken cases."""
@@ -186,6 +205,8 @@ def build_roots(base: Path) -> Roots:
     assert cli(["pointing", "--model", str(models / "bvit_t"), "--limit", "16", "--batch-size", "16",
                 "--overlays", "2", "--out", str(runs / "pointing")]) == 0
     make_minimal_runs(runs)
+    assert cli(["causal", "--model", str(models / "bvit_t"), "--limit", "4", "--probe-limit", "16", "--device", "cpu",
+                "--out", str(runs / "causal")]) == 0  # the real command: a 2-step model takes seconds
     (runs / "train" / "bvit_t").mkdir(parents=True)  # a folder without meta.json is not a run
 
     empty = base / "empty"
@@ -233,7 +254,8 @@ def assert_clean(at: AppTest) -> None:
 
 def test_find_runs_and_problems(roots: Roots) -> None:
     runs = {r.name: r for r in find_runs(roots.runs)}
-    assert set(runs) == {"pointing", "rank", "ablation", "lens", "early_exit", "trajectories", "pruning", "featviz"}
+    assert set(runs) == {"pointing", "rank", "ablation", "lens", "early_exit", "trajectories", "pruning", "featviz",
+                         "causal"}
     assert {name: r.spec.key for name, r in runs.items()} == {name: name for name in runs}  # "svd" -> rank
     assert all(r.readable and r.complete and not r.problems for r in runs.values())
     assert {"hit_rates", "summary", "points"} <= set(runs["pointing"].tables)

@@ -37,6 +37,10 @@ SMALL: dict[str, dict[str, object]] = {
     "05_trajectories": {"LIMIT": 12, "COMPARE": ["vit_tiny"], "BATCH_SIZE": 12},
     "06_readout_early_exit_ablation": {"LIMIT": 12, "TRAIN_LIMIT": 24, "EPOCHS": 1, "THRESHOLDS": (0.5, 1.0),
                                        "ABLATION_LIMIT": 4, "COMPARE": ["vit_tiny"], "BATCH_SIZE": 12},
+    "07_causal": {"LIMIT": 4, "SITES": ("resid_pre", "attn.z"), "DIRECTIONS": ("denoising",), "PROBE_LIMIT": 40,
+                  "COMPARE": []},
+    "08_transfer": {"TRAIN_LIMIT": 24, "VAL_LIMIT": 12, "EPOCHS": 1, "SEEDS": 1, "BATCH_SIZE": 12,
+                    "METHODS": ["linear_probe", "lora_qv", "time_embedding_tuning"], "PAPER_COUNTS": False},
 }
 # One thread per kernel (kernels share the cores); numba on one thread also keeps PaCMAP's small
 # fits fast (its OpenMP pool can stall for seconds on busy cores).

@@ -254,3 +254,18 @@ def test_demo_arguments() -> None:
     full = spec.demo_args(Path("r"), ["bvit_tiny", "bvit_tiny_te", "vit_tiny"], quick=False)
     assert "bvit_tiny_te" in full and full[full.index("--seeds") + 1] == "3"
     assert spec.cost == max(s.cost for s in analyses()), "the most expensive analysis: the demo runs it last"
+
+
+def test_several_targets(root: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "two"
+    code, stdout, err = run_cli(["transfer", "--model", str(root / "models" / "vit_m"), "--data", "shapes-b",
+                                 "--data", str(root / "target"), "--methods", "lp", "--seeds", "1", *TINY,
+                                 "--out", str(out)], capsys)
+    assert code == 0, err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["data"]["kind"] == "targets" and [t["spec"] for t in meta["data"]["targets"]] == [
+        "shapes-b", str(root / "target")]
+    results = pd.read_parquet(out / "results.parquet")
+    assert results[["dataset", "num_classes"]].values.tolist() == [["shapes-b", 6], ["target", 3]]
+    assert list(pd.read_parquet(out / "table4.parquet").columns)[-2:] == ["shapes-b", "target"]
+    assert "| vit_m | Linear probing | 0 |" in stdout

@@ -19,8 +19,8 @@ from lib.ui import (
 )
 
 WHOLE = -1  # the head column of a whole-site patch
-VALUES = {"mean": "mean of per-pair recovered fractions (pairs with a gap >= min_gap)",
-          "pooled": "ratio of mean logit differences over all pairs (TransformerLens's convention)"}
+VALUES = {"pooled": "ratio of mean logit differences over all pairs (TransformerLens's convention; the headline)",
+          "mean": "mean of per-pair recovered fractions over the pairs whose gap is at least min_gap (the check)"}
 DIRECTION_HELP = ("denoising: the clean activation copied into the corrupted run (near 1: sufficient); "
                   "noising: the corrupted activation copied into the clean run (near 0: necessary)")
 
@@ -163,7 +163,7 @@ def _dla(ctx: PageContext, step: int | None, head: int | None) -> None:
                        "(the final norm's scale frozen at the clean run).")
 
 
-def _effects(ctx: PageContext, direction: str, step: int | None, head: int | None) -> None:
+def _effects(ctx: PageContext, direction: str, value: str, step: int | None, head: int | None) -> None:
     """Total, direct (path patching to the readout) and indirect effect maps per step and head."""
     effects = ctx.table("effects")
     rows = effects[effects["direction"] == direction]
@@ -171,13 +171,14 @@ def _effects(ctx: PageContext, direction: str, step: int | None, head: int | Non
         st.caption(f"No {direction} effects in this run.")
         return
     shown = [e for e in ("total", "direct", "indirect") if (rows["effect"] == e).any()]
-    bound = _bound(rows[rows["effect"].isin(shown)], value="mean")
-    cols = st.columns(len(shown))
-    for col, effect in zip(cols, shown, strict=True):
-        with col:
+    bound = _bound(rows[rows["effect"].isin(shown)], value=value)
+    tabs = st.tabs([f"{effect} effect" for effect in shown])
+    for tab, effect in zip(tabs, shown, strict=True):
+        with tab:
             sub = rows[rows["effect"] == effect]
-            charts.show(charts.step_head_heatmap(sub, "mean", step, head, f"{effect} effect", domain=(-bound, bound),
-                                                 scheme="redblue", reverse=True, tooltip=("ci_low", "ci_high")))
+            charts.show(charts.step_head_heatmap(sub, value, step, head, f"{effect} effect ({value})",
+                                                 domain=(-bound, bound), scheme="redblue", reverse=True,
+                                                 tooltip=("ci_low", "ci_high", "pooled_low", "pooled_high")))
     st.caption("Total: patching the head's attn.z; direct: only its path to the readout (later steps see the "
                "unpatched value); indirect = total - direct. 1 = clean, 0 = corrupted.")
 
@@ -194,9 +195,12 @@ def _probes(ctx: PageContext, step: int | None) -> None:
     majority = float(rows["majority"].iloc[0]) if "majority" in rows and len(rows) else None
     c1, c2 = st.columns(2)
     with c1:
+        palette = {"cls": ("#1f77b4", "#aec7e8"), "object": ("#ff7f0e", "#ffbb78")}  # probe dark, control light
+        colors = {f"{rep} {kind}": palette.get(rep, ("#2ca02c", "#98df8a"))[k]
+                  for rep in _ordered(rows["representation"]) for k, kind in enumerate(("probe", "control"))}
         charts.show(charts.step_lines(long, "step", "value", "curve", step, f"{task}: test accuracy", "accuracy",
                                       rules={"majority": majority} if majority is not None else None,
-                                      y_domain=(0.0, 1.0)))
+                                      y_domain=(0.0, 1.0), colors=colors))
     with c2:
         charts.show(charts.step_lines(rows, "step", "selectivity", "representation", step,
                                       f"{task}: selectivity (accuracy - control)", "selectivity",
@@ -231,7 +235,7 @@ def render(ctx: PageContext) -> None:
     if ctx.has_table("effects") and direction is not None:
         st.subheader(f"Direct vs indirect effects ({direction})")
         with guard("the direct and indirect effects"):
-            _effects(ctx, direction, step, head)
+            _effects(ctx, direction, value, step, head)
     if ctx.has_table("probes"):
         st.subheader("Probes per step")
         with guard("the probe curves"):

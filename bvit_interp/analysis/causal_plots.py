@@ -30,9 +30,15 @@ def _heatmap(ax: object, mat: np.ndarray, steps: list[int], vmax: float, xlabels
 
 
 def _pivot(table: pd.DataFrame, columns: str, value: str) -> tuple[np.ndarray, list[int], list[object]]:
-    """(matrix, steps, column labels) of ``value`` with steps as rows."""
-    piv = table.pivot_table(index="step", columns=columns, values=value, aggfunc="mean").sort_index()
-    return piv.to_numpy(), [int(s) for s in piv.index], list(piv.columns)
+    """(matrix, steps, column labels) of the mean ``value`` with steps as rows (cells without a finite value: NaN)."""
+    piv = table.groupby(["step", columns])[value].mean().unstack(columns).sort_index()
+    return piv.to_numpy(dtype=float), [int(s) for s in piv.index], list(piv.columns)
+
+
+def _vmax(mats: list[np.ndarray]) -> float:
+    """The largest finite absolute value of the matrices (at least 1e-6: all-NaN maps still draw)."""
+    finite = [np.abs(m[np.isfinite(m)]) for m in mats]
+    return max([float(f.max()) for f in finite if f.size] + [1e-6])
 
 
 def plot_step_head_maps(
@@ -47,7 +53,7 @@ def plot_step_head_maps(
         if sub.empty:
             raise ValueError(f"panel {name!r} has no per-head rows for {site!r}, {group!r}, {direction!r}")
         mats.append((name, *_pivot(sub, "head", value)))
-    vmax = max([float(np.nanmax(np.abs(m))) for _, m, _, _ in mats] + [1e-6])
+    vmax = _vmax([m for _, m, _, _ in mats])
     n = len(mats)
     fig, axes = subplots(1, n, figsize=(2.6 * n + 1.2, 4.0), squeeze=False, layout="constrained")
     im = None
@@ -68,7 +74,7 @@ def plot_site_map(summary: pd.DataFrame, direction: str = "denoising", value: st
         raise ValueError(f"no whole-site rows for direction {direction!r}")
     sub["cell"] = sub["site"] + " / " + sub["group"]
     mat, steps, cols = _pivot(sub, "cell", value)
-    vmax = max(float(np.nanmax(np.abs(mat))), 1e-6)
+    vmax = _vmax([mat])
     fig, ax = subplots(1, 1, figsize=(0.45 * len(cols) + 2.5, 4.2), layout="constrained")
     im = _heatmap(ax, mat, steps, vmax, [str(c) for c in cols])
     ax.set_ylabel("step (bViT) / block (ViT)")
@@ -88,7 +94,7 @@ def plot_dla(terms: pd.DataFrame, title: str = "") -> Figure:
     fixed = terms[terms["step"] == 0].groupby("term")["value"].sum() / pairs
     fig, (ax_map, ax_bar) = subplots(1, 2, figsize=(9.0, 4.2), layout="constrained",
                                      gridspec_kw={"width_ratios": [1, 1.3]})
-    vmax = max(float(np.nanmax(np.abs(mat))), 1e-6)
+    vmax = _vmax([mat])
     im = _heatmap(ax_map, mat, steps, vmax)
     ax_map.set_xlabel("head")
     ax_map.set_ylabel("step (bViT) / block (ViT)")
@@ -116,7 +122,7 @@ def plot_direct_indirect(effects: pd.DataFrame, title: str = "") -> Figure:
     """Step x head maps of the total, direct (path patching to the readout) and indirect effect (means over pairs)."""
     names = ("total", "direct", "indirect")
     mats = [(name, *_pivot(effects, "head", name)) for name in names]
-    vmax = max([float(np.nanmax(np.abs(m))) for _, m, _, _ in mats] + [1e-6])
+    vmax = _vmax([m for _, m, _, _ in mats])
     fig, axes = subplots(1, 3, figsize=(9.0, 4.0), squeeze=False, layout="constrained")
     im = None
     for ax, (name, mat, steps, _) in zip(axes[0], mats, strict=True):

@@ -13,29 +13,17 @@ from functools import partial
 from pathlib import Path
 
 from ..analysis.causal.activation import DEFAULT_SITES, DIRECTIONS
+from ..analysis.causal.inputs import (
+    MIN_PROBE_IMAGES,
+    PAIR_KINDS,
+    build_pairs,
+    has_masks,
+    open_data,
+    probe_images,
+)
 from ..analysis.causal.metric import pair_runs
-from ..analysis.causal.pairs import (
-    MaskedImages,
-    PairBatch,
-    counterfactual_pairs,
-    file_pairs,
-    masked_inputs,
-    noise_pairs,
-    relabel,
-)
 from ..analysis.causal.stages import CausalOptions, check_options
-from ..data.datasets import SHAPES_SPECS, ImageNetLabels
-from ..data.loaders import subset_indices
-from ..data.sources import (
-    DatasetSource,
-    ImageNetSSource,
-    PointingSource,
-    ShapesSource,
-    open_source,
-    reopen,
-)
-from ..data.spec import describe
-from ..model import BViTConfig
+from ..data.sources import PointingSource
 from ..registry import analysis_key
 from ..runs import Run
 from ..runs.causal import CausalInputs, causal_run, write_outputs
@@ -50,9 +38,6 @@ from .common import (
     print_summary,
     resolve_device,
 )
-
-PAIR_KINDS = ("class", "none", "noise-mask", "noise-image", "file:PATH")
-MIN_PROBE_IMAGES = 8
 
 
 def pairs_kind(text: str) -> str:
@@ -105,20 +90,6 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                         f"{MIN_PROBE_IMAGES})")
 
 
-def open_data(spec: str, config: BViTConfig) -> PointingSource:
-    """The images of --data for one model: shapes (the data it was trained on), ImageNet-S (masks) or ImageFolder (none)."""
-    if spec.partition(":")[0] in SHAPES_SPECS:
-        return open_source(spec, config)
-    if not spec.startswith(("cifar10:", "cifar100:")):
-        root = Path(spec).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"--data {spec}: no such directory (give 'shapes', an ImageNet-S root or an "
-                                    "ImageFolder root)")
-        if (root / "validation").is_dir():
-            return ImageNetSSource(str(root))
-    return reopen(describe(spec))
-
-
 def open_sources(spec: str, models: list[LoadedModel]) -> dict[str, PointingSource]:
     """--data opened for every model; ValueError when the models were trained on different shapes data."""
     sources = {m.label: open_data(spec, m.model.config) for m in models}
@@ -127,57 +98,6 @@ def open_sources(spec: str, models: list[LoadedModel]) -> dict[str, PointingSour
         raise ValueError(f"--model: {[m.label for m in models]} were trained on different shapes data (version, "
                          "classes or image size); run them separately")
     return sources
-
-
-def label_map(source: PointingSource, config: BViTConfig) -> list[int] | None:
-    """Source label -> model class index (ImageNet-S / ImageFolder wnid folders for a 1000-class model), or None."""
-    categories = list(source.categories)
-    if config.num_classes == 1000 and ImageNetLabels.applies(categories):
-        return ImageNetLabels(categories).targets
-    if len(categories) > config.num_classes:
-        raise ValueError(f"--data {source.description} has {len(categories)} classes but model {config.name!r} "
-                         f"predicts {config.num_classes}")
-    return None
-
-
-def build_pairs(kind: str, source: PointingSource, config: BViTConfig, limit: int | None, seed: int) -> PairBatch:
-    """The --pairs of one model (its input size and crop); ValueError naming --pairs when none are usable."""
-    mapping = label_map(source, config)
-    try:
-        if kind in ("class", "none"):
-            if not isinstance(source, ShapesSource):
-                raise ValueError("exact counterfactuals need --data shapes; for another root use noise-mask, "
-                                 "noise-image or file:PATH")
-            return counterfactual_pairs(config, subset_indices(len(source), limit, seed), kind, source.config,
-                                        source.split)
-        if kind.startswith("noise-"):
-            region = "object" if kind == "noise-mask" else "image"
-            if region == "object" and isinstance(source, DatasetSource):
-                raise ValueError(f"noise on the object mask needs masks, and --data {source.description} has none "
-                                 "(use --data shapes or an ImageNet-S root, or --pairs noise-image)")
-            pairs = noise_pairs(source, subset_indices(len(source), limit, seed), config, region, seed=seed)
-        else:  # a pairs file's labels are the model's class indices (or names of --data's classes)
-            pairs = file_pairs(kind[5:], config, categories=list(source.categories))
-            return pairs.select(subset_indices(len(pairs), limit, seed))
-    except ValueError as err:
-        raise ValueError(f"--pairs {kind}: {err}") from None
-    return pairs if mapping is None else relabel(pairs, mapping)
-
-
-def probe_images(source: PointingSource, config: BViTConfig, limit: int, seed: int) -> MaskedImages | None:
-    """The probe images of one model, or None (with a note) when --data has no object masks."""
-    if isinstance(source, DatasetSource):
-        print(f"causal: no probes: --data {source.description} has no object masks (use shapes or an ImageNet-S root)",
-              file=sys.stderr)
-        return None
-    try:
-        data = masked_inputs(source, subset_indices(len(source), limit, seed), config, label_map(source, config))
-    except ValueError as err:
-        raise ValueError(f"--probe-limit / --data: {err}") from None
-    if len(data) < MIN_PROBE_IMAGES:
-        raise ValueError(f"--probe-limit: only {len(data)} usable images with masks; the probes need at least "
-                         f"{MIN_PROBE_IMAGES} (a train and a test split)")
-    return data
 
 
 def run(args: argparse.Namespace) -> int:
@@ -192,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     if args.pairs.startswith("file:") and not Path(args.pairs[5:]).expanduser().is_file():
         raise FileNotFoundError(f"--pairs {args.pairs}: no such file")
     sources = open_sources(args.data, models)
+    data = next(iter(sources.values()))
+    if options.probes and not has_masks(data):
+        print(f"causal: no probes: --data {data.description} has no object masks (use shapes or an ImageNet-S root)",
+              file=sys.stderr)
     inputs: dict[str, CausalInputs] = {}
     for m in models:  # every input checked before the run exists
         check_options(m.model, options)
@@ -204,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         probes = probe_images(source, m.model.config, args.probe_limit, args.seed) if options.probes else None
         inputs[m.label] = CausalInputs(m.model, pairs, probes, runs)
     max_batch = args.batch_size or (1024 if device.type == "cuda" else 64)
-    meta = {"analysis": analysis_key(__name__), "models": [m.meta() for m in models], "data": source.data,
+    meta = {"analysis": analysis_key(__name__), "models": [m.meta() for m in models], "data": data.data,
             "options": {**common_options(args), "pairs": args.pairs, "probe_limit": args.probe_limit,
                         **options.to_dict()},
             "seed": args.seed}

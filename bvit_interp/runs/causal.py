@@ -23,6 +23,7 @@ from ..analysis.causal.stages import (
     agreement,
     attribution_stage,
     dla_stage,
+    effects_wide,
     head_sites,
     pair_table,
     patching_stage,
@@ -153,11 +154,12 @@ def write_figures(run: Run, label: str, tables: Tables, options: CausalOptions) 
                 for method, rows in tables["attribution"].groupby("method", sort=False):
                     if (rows["site"] == site).any():
                         panels[f"{method} (estimate)"] = rows.drop(columns="method")
-            fig = causal_plots.plot_step_head_maps(panels, site, ALL, direction,
+            fig = causal_plots.plot_step_head_maps(panels, site, ALL, direction, value="pooled",
                                                    title=f"{label}, {direction}: {site} per head, all tokens")
             run.write_figure(f"maps_{direction}_{site.replace('.', '_')}_{label}", fig)
         if (patching["head"] == -1).any():
-            fig = causal_plots.plot_site_map(patching, direction, title=f"{label}, {direction}: site / token group")
+            fig = causal_plots.plot_site_map(patching, direction, value="pooled",
+                                             title=f"{label}, {direction}: site / token group")
             run.write_figure(f"sites_{direction}_{label}", fig)
     if "agreement" in tables:
         exact = tables["patching"]
@@ -171,11 +173,11 @@ def write_figures(run: Run, label: str, tables: Tables, options: CausalOptions) 
     if "dla" in tables:
         clean = tables["dla"][tables["dla"]["run"] == "clean"].drop(columns="run")
         run.write_figure(f"dla_{label}", causal_plots.plot_dla(clean, title=f"{label}: direct logit attribution (clean run)"))
-        effects = tables["effects_pairs"]
         for direction in options.directions:
-            rows = effects[effects["direction"] == direction]
-            if len(rows):
-                fig = causal_plots.plot_direct_indirect(rows, title=f"{label}, {direction}: total vs direct vs indirect")
+            wide = effects_wide(tables["effects"], direction)
+            if len(wide):
+                fig = causal_plots.plot_direct_indirect(wide, title=f"{label}, {direction}: total vs direct vs indirect "
+                                                                    "(pooled)")
                 run.write_figure(f"effects_{direction}_{label}", fig)
     if "probes" in tables:
         run.write_figure(f"probes_{label}", causal_plots.plot_probe_curves(tables["probes"], title=f"{label}: probes per step"))

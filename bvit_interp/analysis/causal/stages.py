@@ -109,7 +109,10 @@ class CausalOptions:
 
 
 def check_options(model: BViT, options: CausalOptions) -> None:
-    """ValueError naming ``--sites`` when a site cannot be patched in ``model``."""
+    """ValueError naming ``--model`` for a model that cannot resume from one layer, ``--sites`` for a bad site."""
+    if not model.resumable:
+        raise ValueError(f"--model {model.config.name}: carries state beside the residual stream (bViT-fl / -sc); "
+                         "the causal analysis needs a plain blocks x steps model")
     try:
         check_sites(model, options.sites)
     except ValueError as err:
@@ -174,9 +177,13 @@ def attribution_stage(model: BViT, pairs: PairBatch, runs: PairRuns, options: Ca
 def effects_summary(per_pair: pd.DataFrame, runs: PairRuns, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Mean and bootstrap CI over pairs of each effect (total, direct, direct_linear, indirect) per (direction, step, head).
 
-    ``pooled`` (ratio of mean logit differences) is given for the total and the direct effect.
+    ``pooled`` (ratio of mean logit differences, with its CI) is given for the total, direct and
+    indirect effects (indirect: pooled total - pooled direct, from ``ld_total - ld_direct +
+    LD_corrupted`` per pair); NaN for ``direct_linear``.
     """
-    lds = {"total": "ld_total", "direct": "ld_direct"}
+    corrupted = runs.corrupted_ld.double().cpu().numpy()[per_pair["pair"].to_numpy()]
+    per_pair = per_pair.assign(ld_indirect=per_pair["ld_total"] - per_pair["ld_direct"] + corrupted)
+    lds = {"total": "ld_total", "direct": "ld_direct", "indirect": "ld_indirect"}
     parts = []
     for effect in EFFECTS:
         cols = ["direction", "step", "head", "pair", effect] + ([lds[effect]] if effect in lds else [])
@@ -185,6 +192,13 @@ def effects_summary(per_pair: pd.DataFrame, runs: PairRuns, n_boot: int = 1000, 
                      .assign(effect=effect))
     out = pd.concat(parts, ignore_index=True)
     return out[["effect", *[c for c in out.columns if c != "effect"]]]
+
+
+def effects_wide(summary: pd.DataFrame, direction: str, value: str = "pooled") -> pd.DataFrame:
+    """One direction's effects summary as columns step, head, total, direct, indirect (``value`` of each)."""
+    rows = summary[(summary["direction"] == direction) & summary["effect"].isin(["total", "direct", "indirect"])]
+    wide = rows.pivot_table(index=["step", "head"], columns="effect", values=value, aggfunc="first", dropna=False)
+    return wide.reindex(columns=["total", "direct", "indirect"]).reset_index().assign(direction=direction)
 
 
 def dla_stage(model: BViT, pairs: PairBatch, runs: PairRuns, options: CausalOptions,
@@ -255,4 +269,4 @@ def head_sites(sites: tuple[str, ...]) -> list[str]:
 
 
 __all__ = ["EFFECTS", "STAGES", "CausalOptions", "agreement", "attribution_stage", "check_options", "dla_stage",
-           "effects_summary", "head_sites", "pair_table", "patching_stage", "probe_stage", "skipped_table"]
+           "effects_summary", "effects_wide", "head_sites", "pair_table", "patching_stage", "probe_stage", "skipped_table"]
