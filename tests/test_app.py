@@ -255,7 +255,7 @@ def assert_clean(at: AppTest) -> None:
 def test_find_runs_and_problems(roots: Roots) -> None:
     runs = {r.name: r for r in find_runs(roots.runs)}
     assert set(runs) == {"pointing", "rank", "ablation", "lens", "early_exit", "trajectories", "pruning", "featviz",
-                         "causal"}
+                         "causal", "transfer"}
     assert {name: r.spec.key for name, r in runs.items()} == {name: name for name in runs}  # "svd" -> rank
     assert all(r.readable and r.complete and not r.problems for r in runs.values())
     assert {"hit_rates", "summary", "points"} <= set(runs["pointing"].tables)

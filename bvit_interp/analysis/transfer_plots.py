@@ -41,7 +41,7 @@ def plot_accuracy_vs_params(summary: pd.DataFrame) -> Figure:
     used = [m for m in METHODS if m in set(summary["method"])]
     handles += [axes[0][0].plot([], [], MARKERS[m], color="gray", mec="black", mew=0.5, label=METHOD_LABELS[m])[0]
                 for m in used]
-    axes[0][-1].legend(handles=handles, frameon=False, fontsize=8, loc="best")
+    axes[0][-1].legend(handles=handles, frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("Transfer: accuracy vs trainable parameters (mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     return fig
