@@ -57,7 +57,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                         "(default: runs/demo for the laptop profile, runs/demo-full for the full one)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="laptop",
                    help="laptop: small image counts and short schedules (every page within minutes on 2 CPU cores); "
-                        "full: the README's sizes (about two hours on 2 cores)")
+                        "full: the README's sizes (about three hours on 2 cores)")
     p.add_argument("--quick", action="store_true", help="same as --profile laptop (kept for old scripts)")
     p.add_argument("--serve", action="store_true",
                    help="serve the results browser first and run the analyses behind it; the pages fill in live")
