@@ -24,6 +24,7 @@ from .data.shapes import ShapesConfig, ShapesDataset
 from .data.transforms import eval_transform
 from .evaluation import evaluate_accuracy
 from .model.config import BViTConfig
+from .model.io import checkpoint_paths
 
 TEACHER_FORMAT = "bvit-interp-teacher"
 
@@ -37,13 +38,6 @@ class _Logits(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         return self.net(x)
-
-
-def _paths(out: str | Path) -> tuple[Path, Path]:
-    p = Path(out)
-    if p.suffix in (".safetensors", ".json"):
-        p = p.with_suffix("")
-    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
 def train_teacher(
@@ -95,7 +89,7 @@ def train_teacher(
         "val_acc": acc, "val_images": n, "train_time_s": time.perf_counter() - t0,
         "params": sum(p.numel() for p in net.parameters()),
     }
-    weights, meta = _paths(out)
+    weights, meta = checkpoint_paths(out)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, tmp))
@@ -105,7 +99,7 @@ def train_teacher(
 
 def load_teacher(path: str | Path) -> torch.nn.Module:
     """A frozen teacher: a ``train_teacher`` checkpoint (timm CNN) or any bvit-interp checkpoint."""
-    weights, meta = _paths(path)
+    weights, meta = checkpoint_paths(path)
     if not meta.exists():
         raise FileNotFoundError(f"--teacher {path}: no {meta}")
     doc = json.loads(meta.read_text())

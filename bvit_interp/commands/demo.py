@@ -24,6 +24,7 @@ from pathlib import Path
 from ..defaults import BUNDLED, model_path
 from ..registry import AnalysisSpec, analyses, find_analysis
 from ..runs.plan import DemoPlan, PlanEntry
+from ..runs.run import is_complete_run
 
 PROFILES = {"laptop": True, "full": False}  # profile -> the specs' quick (small) arguments?
 DEFAULT_ROOTS = {"laptop": "runs/demo", "full": "runs/demo-full"}
@@ -66,11 +67,6 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", nargs="*", help="run only these analyses (keys or command names, e.g. pointing rank)")
     p.add_argument("--force", action="store_true", help="recompute analyses that already have a finished run")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
-
-
-def _complete(out: Path) -> bool:
-    meta = out / "meta.json"
-    return meta.exists() and '"complete"' in meta.read_text()
 
 
 def _free_port(preferred: int) -> int:
@@ -223,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         before = previous.entry(spec.key) if previous else None
         estimate = before.seconds if before and before.state == "done" else (before.estimate_s if before else None)
         entry = PlanEntry(spec.key, spec.title, argv, estimate_s=estimate)
-        if _complete(root / spec.key) and not args.force:
+        if is_complete_run(root / spec.key) and not args.force:
             entry.state = "kept"
         demo.entries.append(entry)
     server = None

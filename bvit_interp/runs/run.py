@@ -46,6 +46,12 @@ def is_run(path: str | os.PathLike[str]) -> bool:
     return _read_meta(Path(path)) is not None
 
 
+def is_complete_run(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a finished run of this toolkit."""
+    meta = _read_meta(Path(path))
+    return meta is not None and meta.get("status") == "complete"
+
+
 def _read_meta(path: Path) -> dict[str, Any] | None:
     """The directory's meta.json when it is one of ours, else None."""
     try:

@@ -19,7 +19,7 @@ forward per cell.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -45,6 +45,15 @@ DIRECTIONS = ("denoising", "noising")
 DEFAULT_SITES = ("resid_pre", "attn_out", "mlp_out", "attn.z")
 KEYS = ("direction", "site", "step", "head", "group")
 ALL_HEADS = -1  # the head column of a site patched whole (no head axis, or all heads at once)
+
+
+def check_directions_and_sites(directions: Sequence[str], sites: Sequence[str]) -> None:
+    """ValueError unless ``directions`` are known and non-empty and at least one site is given."""
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad or not directions:
+        raise ValueError(f"directions {list(directions)}: choose from {DIRECTIONS}")
+    if not sites:
+        raise ValueError("choose at least one site")
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,11 +102,7 @@ class PatchingOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [d for d in self.directions if d not in DIRECTIONS]
-        if bad or not self.directions:
-            raise ValueError(f"directions {list(self.directions)}: choose from {DIRECTIONS}")
-        if not self.sites:
-            raise ValueError("choose at least one site")
+        check_directions_and_sites(self.directions, self.sites)
         if self.max_batch < 1:
             raise ValueError("max_batch must be >= 1")
 

@@ -31,6 +31,7 @@ from .activation import (
     KEYS,
     PatchingOptions,
     activation_patching,
+    check_directions_and_sites,
     check_sites,
 )
 from .attribution import (
@@ -64,11 +65,7 @@ class CausalOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [d for d in self.directions if d not in DIRECTIONS]
-        if bad or not self.directions:
-            raise ValueError(f"directions {list(self.directions)}: choose from {DIRECTIONS}")
-        if not self.sites:
-            raise ValueError("choose at least one site")
+        check_directions_and_sites(self.directions, self.sites)
         if self.ig_steps < 0:
             raise ValueError(f"ig_steps must be >= 0, got {self.ig_steps}")
 
