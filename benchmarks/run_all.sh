@@ -16,3 +16,4 @@ run featviz      "$BIN/python" benchmarks/bench_featviz.py
 run svd          "$BIN/python" benchmarks/bench_svd.py
 run dynamics     "$BIN/python" benchmarks/bench_dynamics.py
 run causal       "$BIN/python" benchmarks/bench_causal.py --ig-steps 8
+run demo_latency "$BIN/python" benchmarks/demo_latency.py --out "$LOG/demo"
