@@ -2,10 +2,12 @@
 
 Every lever runs the same sample budget (``--samples``, split into 4 epochs of fresh images so
 that each run has a 4-point learning curve) from the same seed, and differs from ``baseline``
-only where its overrides say. Runs land in ``--runs/<lever>`` and resume; finished ones are
+only where its overrides say. The baseline is the recipe of the shapes-v2 bViT in
+models/MODEL_CARD.md (lr 1e-3, 8k warm-up samples, clutter and position curriculum over the
+first quarter of the budget) at a smaller budget. Runs land in ``--runs/<lever>`` and resume; finished ones are
 skipped. The table (markdown) is rewritten after every run.
 
-    python scripts/levers.py --samples 32000 --table models/training/levers.md [--only a,b]
+    python scripts/levers.py --samples 64000 --table models/training/levers.md [--only a,b]
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ GEOMETRY = {"img_size": 48, "patch_size": 6}  # shapes v2: 8 x 8 patches, 65 tok
 
 # name -> (what it changes, TrainConfig overrides, model overrides)
 LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    "baseline": ("shapes recipe: AdamW lr 7e-4, wd 0.05, ls 0.1, warm-up 0.1 ep, EMA 0.995", {}, {}),
-    "lr_1.5e-3": ("peak lr 1.5e-3", {"lr": 1.5e-3}, {}),
-    "lr_3e-3": ("peak lr 3e-3", {"lr": 3e-3}, {}),
+    "baseline": ("AdamW lr 1e-3, wd 0.05, ls 0.1, 8k warm-up samples, EMA 0.995, curriculum over the first quarter",
+                 {}, {}),
+    "lr_2e-3": ("peak lr 2e-3", {"lr": 2e-3}, {}),
+    "lr_5e-4": ("peak lr 5e-4", {"lr": 5e-4}, {}),
+    "warmup_long": ("warm-up over the first quarter (16k samples at the default budget)", {"warmup_epochs": 1.0}, {}),
     "mimetic": ("mimetic attention init (Trockman & Kolter 2023)", {"init": "mimetic"}, {}),
     "sincos": ("fixed 2-D sin-cos position embedding", {"pos_embed": "sincos"}, {}),
     "aux_loc_0.1": ("relative-localisation loss, weight 0.1 (Liu et al. 2021)", {"aux_loc": 0.1}, {}),
@@ -34,7 +38,7 @@ LEVERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "no_smoothing": ("label smoothing 0", {"label_smoothing": 0.0}, {}),
     "wd_0.1": ("weight decay 0.1", {"weight_decay": 0.1}, {}),
     "width_192": ("width 192, 6 heads", {}, {"embed_dim": 192, "num_heads": 6}),
-    "clean_phase": ("first quarter without clutter (curriculum ramps over the first epoch)", {"curriculum_epochs": 1.0}, {}),
+    "curriculum_half": ("longer curriculum: clutter and position ramp over the first half", {"curriculum_epochs": 2.0}, {}),
 }
 
 
@@ -44,7 +48,8 @@ def config_for(name: str, samples: int, runs: Path, teacher: str, seed: int) -> 
     train_over = {k: (teacher if v == "TEACHER" else v) for k, v in train_over.items()}
     base = {
         "model": "bvit_tiny", "data": "shapes", "shapes_version": 2, "recipe": "shapes",
-        "epochs": 4, "shapes_train_size": samples // 4, "warmup_epochs": 0.4, "val_limit": 1000,
+        "epochs": 4, "shapes_train_size": samples // 4, "lr": 1e-3, "warmup_epochs": 8000 / (samples // 4),
+        "curriculum_epochs": 1.0, "val_limit": 1000,
         "out": str(runs / name), "seed": seed, "save_name": "model",
         "model_overrides": {"num_classes": 10, **GEOMETRY, **model_over},
     }
@@ -73,7 +78,7 @@ def write_table(runs: Path, table: Path, samples: int) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samples", type=int, default=32_000, help="training images per lever")
+    p.add_argument("--samples", type=int, default=64_000, help="training images per lever")
     p.add_argument("--runs", default="runs/levers", help="one run directory per lever below this")
     p.add_argument("--table", default="models/training/levers.md", help="markdown table to (re)write")
     p.add_argument("--teacher", default="runs/levers/teacher", help="timm CNN teacher checkpoint (trained if missing)")
