@@ -257,3 +257,18 @@ def test_class_set_b_is_a_separate_task_with_exact_masks() -> None:
     assert bundle.classes == list(SHAPE_CLASSES_B) and bundle.val[0][1] == 0
     with pytest.raises(ValueError, match="class set"):
         ShapesConfig(classes="z")
+
+
+def test_model_without_a_shapes_record_gets_version_1_whatever_the_default(monkeypatch) -> None:
+    """Checkpoints from before version records were trained on v1; flipping the default must not move them."""
+    import types
+
+    import bvit_interp.data.shapes as shapes_mod
+
+    monkeypatch.setattr(shapes_mod, "DEFAULT_SHAPES_VERSION", 2)
+    old = types.SimpleNamespace(img_size=32, extra={})
+    new = types.SimpleNamespace(img_size=48, extra={"shapes": {"version": 2, "classes": "b"}})
+    assert shapes_mod.shapes_for_model(old).version == 1
+    assert shapes_mod.shapes_for_model(old).radius_range == shapes_mod.ShapesConfig().radius_range
+    got = shapes_mod.shapes_for_model(new)
+    assert (got.version, got.classes, got.img_size) == (2, "b", 48)

@@ -194,11 +194,12 @@ def shapes_for_model(model_config: Any, classes: str | None = None, **overrides:
     """The shapes data a model was trained on, at its input size.
 
     Training on shapes records ``{"version", "classes"}`` in the model config's ``extra["shapes"]``;
-    a model without that record (the first bundled models) gets ``DEFAULT_SHAPES_VERSION``.
+    a model without that record was trained before versions existed, on version 1 (so changing
+    ``DEFAULT_SHAPES_VERSION`` never changes the data an old checkpoint is evaluated on).
     ``classes`` picks another class set of the same data (``"b"``: the transfer target).
     """
     record = dict(getattr(model_config, "extra", {}) or {}).get("shapes") or {}
-    version = int(record.get("version", DEFAULT_SHAPES_VERSION))
+    version = int(record.get("version", 1))
     chosen = classes or record.get("classes", "a")
     return ShapesConfig.preset(version, img_size=int(model_config.img_size), classes=chosen, **overrides)
 
