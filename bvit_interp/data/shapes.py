@@ -63,12 +63,16 @@ _EXTENT = 1.08
 _BLOB_TRIES = 8
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
+# The version of data described without one: metadata and checkpoints written before versions
+# were recorded are version 1, whatever DEFAULT_SHAPES_VERSION says later.
+UNRECORDED_SHAPES_VERSION = 1
+
 
 @dataclass(frozen=True)
 class ShapesConfig:
     """Everything that determines the shapes dataset; sizes are fractions of ``img_size``."""
 
-    version: int = 1  # 1: the original 32 px set; 2: small objects anywhere (see SHAPES_VERSIONS)
+    version: int = UNRECORDED_SHAPES_VERSION  # 1: the original 32 px set; 2: small objects anywhere (see SHAPES_VERSIONS)
     classes: str = "a"  # class set: "a" the ten bundled-model classes, "b" six others (transfer target)
     img_size: int = 32
     num_train: int = 50_000  # length of one training "epoch"
@@ -199,7 +203,7 @@ def shapes_for_model(model_config: Any, classes: str | None = None, **overrides:
     ``classes`` picks another class set of the same data (``"b"``: the transfer target).
     """
     record = dict(getattr(model_config, "extra", {}) or {}).get("shapes") or {}
-    version = int(record.get("version", 1))
+    version = int(record.get("version", UNRECORDED_SHAPES_VERSION))
     chosen = classes or record.get("classes", "a")
     return ShapesConfig.preset(version, img_size=int(model_config.img_size), classes=chosen, **overrides)
 

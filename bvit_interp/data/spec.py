@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .shapes import ShapesConfig
+from .shapes import UNRECORDED_SHAPES_VERSION, ShapesConfig
 
 KINDS = ("shapes", "imagenet-s", "imagefolder", "cifar10", "cifar100")
 _CIFAR = ("cifar10:", "cifar100:")
@@ -33,7 +33,8 @@ def _display(data: Mapping[str, Any]) -> str:
     kind, split = data["kind"], data.get("split", "val")
     if kind == "shapes":
         cfg = data.get("config") or {}
-        version = f", version={cfg['version']}" if cfg.get("version", 1) != 1 else ""
+        recorded = cfg.get("version", UNRECORDED_SHAPES_VERSION)
+        version = f", version={recorded}" if recorded != UNRECORDED_SHAPES_VERSION else ""
         return f"shapes:{split} (img_size={cfg.get('img_size', 32)}, seed={cfg.get('seed', 0)}{version})"
     if kind == "imagenet-s":
         return f"imagenet-s:{data['root']} ({split})"
