@@ -2,7 +2,10 @@
 # The one recorded training command of each bundled model (issue 14: shapes v2), resumable.
 # Usage: bash scripts/train_bundled.sh [MODEL ...]   (default: all four, one after the other)
 # Each run goes to runs/train/<model>_v2; a finished run (result.json) is skipped, an
-# interrupted one continues from its train_state.pt. About 90 min per model alone on 2 cores.
+# interrupted one continues from its train_state.pt. About 90 min per model alone on the
+# 2-core machine of sessions 2-4, 130-150 min on an AMD EPYC (AVX2) one. One loader worker renders the next batch
+# while the model trains (1.14x on 2 cores; same images, flips drawn from the worker's own RNG;
+# bvit_tiny's run, before this flag, rendered in the training process).
 # Then: python scripts/bundle_models.py --name <model> runs/train/<model>_v2 (see MODEL_CARD.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +20,5 @@ for model in "${models[@]}"; do
   echo "== $model -> $out ${resume[*]}"
   "$BIN/bvit-interp" train --model "$model" --model-kwargs img_size=48 patch_size=6 --shapes-version 2 \
     --out "$out" --shapes-train-size 16000 --epochs 32 --curriculum-epochs 4 --lr 1e-3 \
-    --warmup-epochs 0.5 --val-limit 1000 --seed 0 "${resume[@]}"
+    --warmup-epochs 0.5 --val-limit 1000 --seed 0 --workers 1 "${resume[@]}"
 done
