@@ -5,7 +5,8 @@ CutMix, EMA of weights, RandomResizedCrop, flip, RandAugment, Random Erasing, no
 depth. Two presets fill unset options: ``paper`` (ImageNet values) and ``shapes`` (a
 small-data default for the bundled CPU models: fresh procedural data every epoch makes
 heavy augmentation unnecessary). A checkpoint is written every epoch and ``--resume``
-continues from it.
+continues from it; one process resumes exactly (the random generators' states are saved too),
+under ``torchrun`` every rank reseeds per resumed epoch.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import json
 import math
 import os
 import platform
+import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -210,6 +213,29 @@ class TrainState:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def rng_state(loader_generator: torch.Generator) -> dict[str, Any]:
+    """The random generators one training process draws from (torch, NumPy, Python, the loader's), as plain data."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "loader": loader_generator.get_state(),
+        "numpy_key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+        "numpy_rest": [int(np_state["state"]["pos"]), int(np_state["has_gauss"]), float(np_state["gauss"])],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], loader_generator: torch.Generator) -> None:
+    """Put the generators back where ``rng_state`` found them (RandAugment draws from NumPy and Python, flips from torch)."""
+    torch.set_rng_state(state["torch"])
+    loader_generator.set_state(state["loader"])
+    pos, has_gauss, gauss = state["numpy_rest"]
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": state["numpy_key"].numpy().astype(np.uint32),
+                                                               "pos": int(pos)},
+                         "has_gauss": int(has_gauss), "gauss": float(gauss)})
+    random.setstate(state["python"])
+
+
 def _hardware() -> str:
     cpu = platform.processor() or platform.machine()
     if torch.cuda.is_available():
@@ -253,12 +279,12 @@ def _same_architecture(saved: dict[str, Any], config: dict[str, Any]) -> list[st
 def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.utils import ModelEmaV3
+    from timm.utils import ModelEmaV3, random_seed
 
     out = Path(cfg.out)
     device = resolve_device(cfg.device, info)
     amp = amp_enabled(cfg.amp, device)
-    torch.manual_seed(cfg.seed + info.rank)
+    random_seed(cfg.seed, info.rank)  # torch, NumPy (RandAugment's op choice) and Python (crops, magnitudes)
     if cfg.pos_embed not in ("learned", "sincos"):
         raise ValueError(f"--pos-embed must be 'learned' or 'sincos', got {cfg.pos_embed!r}")
     if cfg.init not in ("timm", "mimetic"):
@@ -356,6 +382,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         if ema is not None and state.get("ema") is not None:
             ema.module.load_state_dict(state["ema"])
         start_epoch, iteration, history = state["epoch"], state["iteration"], json.loads(state["history"])
+        if state.get("rng") is not None and not info.enabled:
+            set_rng_state(state["rng"], gen)
+        else:  # torchrun (only rank 0's state is saved) or a state from before the generators were saved
+            random_seed(cfg.seed + 1000 * start_epoch, info.rank)
         if info.is_main:
             print(f"resuming {out} at epoch {start_epoch} (iteration {iteration})", file=sys.stderr)
 
@@ -431,6 +461,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                 "aux": aux.state_dict() if aux is not None else None,
                 "ema": ema.module.state_dict() if ema else None, "epoch": epoch + 1, "iteration": iteration,
                 "history": json.dumps(history), "model_config": model.config.to_dict(),
+                "rng": rng_state(gen),
             })
         barrier(info)
 

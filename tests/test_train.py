@@ -141,3 +141,52 @@ def test_amp_branch_trains_in_bf16_without_a_scaler(tmp_path) -> None:
                                val_limit=16, amp="always", model_overrides={"num_classes": 10}))
     hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(h["train_loss"]) for h in hist) and result["val_acc"] is not None
+
+
+def _weights(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _same_weights(a, b) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(bool((wa[k] == wb[k]).all()) for k in wa)
+
+
+def test_same_seed_same_model_with_the_papers_augmentations(folder, tmp_path) -> None:
+    """Two runs with one seed train the same weights, RandAugment and random crops included (Python's RNG)."""
+    args = ["train", *MICRO, "--data", str(folder), "--epochs", "2", "--seed", "3"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert _same_weights(tmp_path / "a" / "last.safetensors", tmp_path / "b" / "last.safetensors")
+
+
+@pytest.mark.parametrize("data", ["folder", "shapes"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data, folder, tmp_path, monkeypatch) -> None:
+    """A run stopped after epoch 2 of 4 and resumed ends with the same weights as one that never stopped:
+    the shuffle order, the augmentations' and the loader workers' random draws continue where they were."""
+    from bvit_interp import train as train_module
+
+    source = ["--data", str(folder)] if data == "folder" else ["--shapes-train-size", "32", "--val-limit", "16",
+                                                                "--curriculum-epochs", "2"]
+    micro = MICRO if data == "folder" else [a for a in MICRO if a not in ("--num-classes", "4")]  # shapes: 10 classes
+    args = ["train", *micro, *source, "--epochs", "4", "--seed", "5", "--workers", "1" if data == "shapes" else "0"]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+
+    saved = train_module.TrainState.save
+
+    def save_then_stop(out, payload):
+        saved(out, payload)
+        if payload["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module.TrainState, "save", staticmethod(save_then_stop))
+    assert main([*args, "--out", str(tmp_path / "stopped")]) == 130  # Ctrl-C's exit status
+    monkeypatch.setattr(train_module.TrainState, "save", staticmethod(saved))
+    assert main([*args, "--out", str(tmp_path / "stopped"), "--resume"]) == 0
+    assert _metrics(tmp_path / "stopped") == [
+        {**m, "images_per_s": m2["images_per_s"], "elapsed_s": m2["elapsed_s"]}
+        for m, m2 in zip(_metrics(tmp_path / "straight"), _metrics(tmp_path / "stopped"), strict=True)
+    ]
+    assert _same_weights(tmp_path / "straight" / "last.safetensors", tmp_path / "stopped" / "last.safetensors")
