@@ -3,8 +3,8 @@
 # Usage: bash scripts/train_bundled.sh [MODEL ...]   (default: all four, one after the other)
 # Each run goes to runs/train/<model>_v2; a finished run (result.json) is skipped, an
 # interrupted one continues from its train_state.pt. About 90 min per model alone on the
-# 2-core machine of sessions 2-4, about 140 min on the AMD EPYC (AVX2) one of session 5. One loader
-# worker renders the next batch while the model trains (the same images; flips drawn from the
+# 2-core machine of sessions 2-4, about 2.5 h on the AMD EPYC (AVX2) one of session 5. One
+# loader worker renders the next batch while the model trains (the same images; flips drawn from the
 # worker's own seeded RNG). Rendering is about 6% of a step, so this buys little: 1.14x in a
 # 30-iteration probe, 58 images/s with and without it over whole vit_tiny epochs.
 # bvit_tiny's run, before this flag, rendered in the training process.
