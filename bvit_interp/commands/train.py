@@ -39,7 +39,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                         "model": {"metavar": "NAME", "help": "named config (bvit_tiny, vit_tiny, bvit_b, vit_s_2b6s, ...)"},
                         "out": {"help": "output directory (checkpoints, metrics.jsonl, model.safetensors)"},
                         "batch_size": {"help": "global batch size (split over torchrun processes)"},
-                        "seed": {"help": "random seed (recorded in the outputs)"},
+                        "seed": {"help": "random seed of torch, NumPy and Python (recorded in the outputs)"},
                         "force": {"help": "train into a non-empty OUT"},
                     })
     p.add_argument("--recipe", choices=sorted(RECIPES), help="preset for unset options (default: 'shapes' for shapes data, else 'paper')")
@@ -80,7 +80,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=positive_int, help="override the model's number of classes")
     p.add_argument("--val-limit", type=positive_int, help="evaluate on the first N validation images only")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt (one process: exactly, random generators included)")
     p.add_argument("--save-name", help="file stem of the final model in OUT (default 'model')")
 
 
