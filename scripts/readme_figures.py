@@ -58,10 +58,16 @@ def markdown(df: pd.DataFrame, digits: int = 3) -> str:
 
 
 def pointing_table(run: Run) -> pd.DataFrame:
+    """Per step and model: the best head, its rate with the 95% interval, the mean over heads; then the baselines."""
     s = run.read_table("summary")
-    wide = s.pivot(index="step", columns="model", values=["best_rate", "mean_over_heads"])
-    wide.columns = [f"{m} {'best' if k == 'best_rate' else 'mean'}" for k, m in wide.columns]
-    return wide.reset_index()
+    s = s.assign(best=[f"{r:.3f} [{lo:.3f}, {hi:.3f}] h{h}" for r, lo, hi, h in
+                       zip(s["best_rate"], s["best_ci_low"], s["best_ci_high"], s["best_head"], strict=True)])
+    wide = s.pivot(index="step", columns="model", values=["best", "mean_over_heads"])
+    wide.columns = [f"{m} {'best head [95% CI]' if k == 'best' else 'mean'}" for k, m in wide.columns]
+    base = s.groupby("model")[["chance", "centre"]].first()
+    rows = [{"step": name, **{f"{m} best head [95% CI]": f"{v:.3f}" for m, v in base[name].items()}}
+            for name in ("chance", "centre")]
+    return pd.concat([wide.reset_index(), pd.DataFrame(rows)], ignore_index=True).fillna("")
 
 
 def svd_table(run: Run) -> pd.DataFrame:
