@@ -106,7 +106,7 @@ def ablation_table(run: Run) -> pd.DataFrame:
 
 
 TABLES: list[tuple[str, str, Callable[[Run], pd.DataFrame]]] = [
-    ("pointing", "Pointing game: best-head and mean-over-heads hit rate per step", pointing_table),
+    ("pointing", "Pointing game: best head per step (rate, 95% interval, head) and mean over heads; chance and centre point", pointing_table),
     ("featviz", "Feature visualization: activation ratio and image complexity per step", featviz_table),
     ("rank", "Zero-shot truncated SVD of fc1, fc2: accuracy per rank", svd_table),
     ("pruning", "Step-masked pruning per round (all layer types)", prune_table),
